@@ -1,0 +1,186 @@
+import test from 'ava';
+import { formatAddress, isLinkLocal, parseAddress } from '../src/registry-client/address.js';
+import { isValidUnixId, ownsId, parseIdMap, translateId } from '../src/registry-client/idmap.js';
+import { MachineTable } from '../src/registry-client/registry.js';
+import type { ViewChange } from '../src/registry-client/view.js';
+import { machineRecord } from './support/records.js';
+
+// ---- addresses -------------------------------------------------------------------------------
+
+const addressCases: [string, string][] = [
+  ['198.51.100.11', '198.51.100.11'],
+  ['fd42::11', 'fd42::11'],
+  ['fd42:0:0:1::23', 'fd42:0:0:1::23'],
+  ['fe80::ff:fe00:a01', 'fe80::ff:fe00:a01'],
+  ['::', '::'],
+  ['::1', '::1'],
+  ['1:0:0:2:0:0:0:3', '1:0:0:2::3'], // RFC 5952 §4.2.3: the longest run is compressed
+  ['1:0:0:2:0:0:3:4', '1::2:0:0:3:4'], // a tie compresses the first run
+  ['1:2:3:4:5:6:0:8', '1:2:3:4:5:6:0:8'], // a single zero word is not compressed
+  ['::ffff:198.51.100.7', '::ffff:c633:6407'],
+];
+for (const [input, canonical] of addressCases) {
+  test(`address ${input} round-trips to its canonical text ${canonical}`, (t) => {
+    const bytes = parseAddress(input);
+    t.truthy(bytes);
+    t.is(formatAddress(bytes ?? Buffer.alloc(0)), canonical);
+  });
+}
+
+test('zone-suffixed and garbage strings are not addresses', (t) => {
+  t.is(parseAddress('fe80::1%ve-web1'), undefined);
+  t.is(parseAddress('web1'), undefined);
+  t.is(parseAddress('1.2.3'), undefined);
+});
+
+test('link-local is fe80::/10 and 169.254/16 only', (t) => {
+  const ll = (a: string): boolean => isLinkLocal(parseAddress(a) ?? Buffer.alloc(0));
+  t.true(ll('fe80::1'));
+  t.true(ll('febf::1'));
+  t.false(ll('fec0::1'));
+  t.true(ll('169.254.3.4'));
+  t.false(ll('169.253.3.4'));
+  t.false(ll('fd42::11'));
+});
+
+// ---- id maps (reference §2.3) ----------------------------------------------------------------
+
+test('65535 and 4294967295 are invalid ids, 65534 and 0 are valid', (t) => {
+  t.false(isValidUnixId(65535));
+  t.false(isValidUnixId(4294967295));
+  t.true(isValidUnixId(65534));
+  t.true(isValidUnixId(0));
+  t.false(isValidUnixId(-1));
+  t.false(isValidUnixId(1.5));
+});
+
+test('a uid_map is parsed line by line, any number of ranges', (t) => {
+  t.deepEqual(parseIdMap('         0     100000      65536\n'), {
+    ok: true,
+    ranges: [{ inner: 0, outer: 100000, count: 65536 }],
+  });
+  t.deepEqual(parseIdMap('0 917504 1000\n1000 983040 1000\n'), {
+    ok: true,
+    ranges: [
+      { inner: 0, outer: 917504, count: 1000 },
+      { inner: 1000, outer: 983040, count: 1000 },
+    ],
+  });
+  t.deepEqual(parseIdMap(''), { ok: true, ranges: [] });
+  t.deepEqual(parseIdMap('0 1\n'), { ok: false, line: 1 });
+});
+
+test('host→inner skips lines with outer start 0 (no private user namespace)', (t) => {
+  t.deepEqual(ownsId([{ inner: 0, outer: 0, count: 4294967295 }], 1000), { kind: 'not-owned' });
+  t.deepEqual(ownsId([{ inner: 0, outer: 100000, count: 65536 }], 101000), { kind: 'owned', inner: 1000 });
+  t.deepEqual(ownsId([{ inner: 0, outer: 100000, count: 65536 }], 165535), {
+    kind: 'invalid-inner',
+    inner: 65535,
+  });
+  t.deepEqual(ownsId([{ inner: 0, outer: 100000, count: 65536 }], 165536), { kind: 'not-owned' });
+});
+
+test('inner→host has no outer-start-0 skip: an identity map translates 1000 to 1000', (t) => {
+  t.deepEqual(translateId([{ inner: 0, outer: 0, count: 4294967295 }], 1000), { kind: 'mapped', host: 1000 });
+  t.deepEqual(translateId([{ inner: 0, outer: 0, count: 1 }], 1), { kind: 'unmapped' });
+  t.deepEqual(translateId([{ inner: 0, outer: 100000, count: 65536 }], 0), { kind: 'mapped', host: 100000 });
+});
+
+// ---- the table and its indexes ----------------------------------------------------------------
+
+test('byName is exact and case-sensitive, all() keeps registration order', (t) => {
+  const table = new MachineTable();
+  table.upsert(machineRecord({ name: 'web1' }));
+  table.upsert(machineRecord({ name: 'Web1' }));
+  table.upsert(machineRecord({ name: 'db' }));
+  t.is(table.byName('web1')?.name, 'web1');
+  t.is(table.byName('WEB1'), undefined);
+  t.deepEqual(
+    table.all().map((m) => m.name),
+    ['web1', 'Web1', 'db'],
+  );
+  // an update keeps the position
+  table.upsert(machineRecord({ name: 'web1', service: 'changed' }));
+  t.deepEqual(
+    table.all().map((m) => m.name),
+    ['web1', 'Web1', 'db'],
+  );
+});
+
+test('removing a machine drops it from every index', (t) => {
+  const table = new MachineTable();
+  table.upsert(
+    machineRecord({
+      name: 'alpha',
+      addresses: ['198.51.100.11', 'fd42::11'],
+      uidMap: [{ inner: 0, outer: 100000, count: 65536 }],
+      gidMap: [{ inner: 0, outer: 100000, count: 65536 }],
+    }),
+  );
+  t.is(table.byAddress('fd42::11')[0]?.name, 'alpha');
+  t.is(table.ownerOfUid(101000)?.inner, 1000);
+  t.is(table.ownerOfGid(100005)?.inner, 5);
+  table.remove('alpha');
+  t.deepEqual(table.byAddress('fd42::11'), []);
+  t.is(table.ownerOfUid(101000), undefined);
+  t.is(table.ownerOfGid(100005), undefined);
+  t.is(table.byName('alpha'), undefined);
+});
+
+test('the first registered container owns an overlapping host uid', (t) => {
+  const table = new MachineTable();
+  table.upsert(machineRecord({ name: 'first', uidMap: [{ inner: 0, outer: 100000, count: 65536 }] }));
+  table.upsert(machineRecord({ name: 'second', uidMap: [{ inner: 0, outer: 90000, count: 65536 }] }));
+  t.is(table.ownerOfUid(100000)?.machine.name, 'first');
+  t.is(table.ownerOfUid(95000)?.machine.name, 'second');
+  t.is(table.ownerOfUid(90000 + 65536)?.machine.name, 'first');
+});
+
+test('only live containers own uids; outer start 0 never does', (t) => {
+  const table = new MachineTable();
+  table.upsert(
+    machineRecord({ name: 'vm', class: 'vm', uidMap: [{ inner: 0, outer: 300000, count: 65536 }] }),
+  );
+  table.upsert(machineRecord({ name: 'ident', uidMap: [{ inner: 0, outer: 0, count: 4294967295 }] }));
+  table.upsert(
+    machineRecord({ name: 'dead', leaderAlive: false, uidMap: [{ inner: 0, outer: 400000, count: 65536 }] }),
+  );
+  t.is(table.ownerOfUid(300001), undefined);
+  t.is(table.ownerOfUid(70000), undefined);
+  t.is(table.ownerOfUid(400001), undefined);
+});
+
+test('an owned host uid that maps to inner 65535 is reported as such', (t) => {
+  const table = new MachineTable();
+  table.upsert(machineRecord({ name: 'a', uidMap: [{ inner: 0, outer: 655360, count: 65536 }] }));
+  t.deepEqual(table.ownerOfUid(655360 + 65535)?.inner, 65535);
+});
+
+test('id lookups stay one step among many non-overlapping machines', (t) => {
+  const table = new MachineTable();
+  const n = 5000;
+  for (let i = 0; i < n; i++)
+    table.upsert(
+      machineRecord({ name: `m${i}`, uidMap: [{ inner: 0, outer: 65536 * (i + 1), count: 65536 }] }),
+    );
+  for (const i of [0, 1, 2500, n - 1]) {
+    t.is(table.ownerOfUid(65536 * (i + 1) + 1000)?.machine.name, `m${i}`);
+  }
+  t.is(table.ownerOfUid(65536 * (n + 1) + 1), undefined);
+});
+
+test('every change bumps the generation and is announced in order', (t) => {
+  const table = new MachineTable();
+  const seen: ViewChange['kind'][] = [];
+  const off = table.onChange((c) => seen.push(c.kind));
+  const g0 = table.generation;
+  table.upsert(machineRecord({ name: 'a' }));
+  table.upsert(machineRecord({ name: 'a', service: 'x' }));
+  table.remove('a');
+  table.remove('a'); // unknown: no change
+  table.replaceAll([machineRecord({ name: 'b' })]);
+  off();
+  table.remove('b');
+  t.deepEqual(seen, ['added', 'updated', 'removed', 'reset']);
+  t.is(table.generation, g0 + 5);
+});
