@@ -1,0 +1,54 @@
+/**
+ * Logging to stderr with sd-daemon(3) priority prefixes (`<3>` … `<7>`), so the journal keeps the
+ * level of every line. One logger per process; modules take a `Logger` so tests can capture lines.
+ */
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+
+const PRIORITY: Record<LogLevel, number> = { error: 3, warn: 4, info: 6, debug: 7 };
+export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'];
+
+export interface Logger {
+  readonly level: LogLevel;
+  /** True when a line at this level would be written: guard expensive debug formatting with it. */
+  enabled(level: LogLevel): boolean;
+  error(message: string): void;
+  warn(message: string): void;
+  info(message: string): void;
+  debug(message: string): void;
+}
+
+export function isLogLevel(value: string): value is LogLevel {
+  return (LOG_LEVELS as readonly string[]).includes(value);
+}
+
+/** A logger writing `<N>message\n` lines to `write` (default: stderr). */
+export function createLogger(
+  level: LogLevel,
+  write: (line: string) => void = (l) => process.stderr.write(l),
+): Logger {
+  const threshold = PRIORITY[level];
+  const emit =
+    (lvl: LogLevel) =>
+    (message: string): void => {
+      if (PRIORITY[lvl] <= threshold) write(`<${PRIORITY[lvl]}>${message.replace(/\n/g, ' ')}\n`);
+    };
+  return {
+    level,
+    enabled: (lvl) => PRIORITY[lvl] <= threshold,
+    error: emit('error'),
+    warn: emit('warn'),
+    info: emit('info'),
+    debug: emit('debug'),
+  };
+}
+
+/** A logger that keeps lines in memory (tests). */
+export function memoryLogger(level: LogLevel = 'debug'): Logger & { readonly lines: string[] } {
+  const lines: string[] = [];
+  return Object.assign(
+    createLogger(level, (l) => lines.push(l.trimEnd())),
+    { lines },
+  );
+}
+
+export const silentLogger: Logger = createLogger('error', () => undefined);
