@@ -42,13 +42,35 @@ export function createLogger(
   };
 }
 
-/** A logger that keeps lines in memory (tests). */
-export function memoryLogger(level: LogLevel = 'debug'): Logger & { readonly lines: string[] } {
+/** A logger that keeps lines in memory (tests), and can wait for a line. */
+export function memoryLogger(
+  level: LogLevel = 'debug',
+): Logger & { readonly lines: string[]; waitFor(pattern: RegExp, timeoutMs?: number): Promise<string> } {
   const lines: string[] = [];
-  return Object.assign(
-    createLogger(level, (l) => lines.push(l.trimEnd())),
-    { lines },
-  );
+  const waiters = new Set<(line: string) => void>();
+  const logger = createLogger(level, (l) => {
+    const line = l.trimEnd();
+    lines.push(line);
+    for (const w of [...waiters]) w(line);
+  });
+  const waitFor = (pattern: RegExp, timeoutMs = 10_000): Promise<string> => {
+    const seen = lines.find((l) => pattern.test(l));
+    if (seen !== undefined) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        waiters.delete(check);
+        reject(new Error(`no log line matching ${String(pattern)}`));
+      }, timeoutMs);
+      const check = (line: string): void => {
+        if (!pattern.test(line)) return;
+        clearTimeout(timer);
+        waiters.delete(check);
+        resolve(line);
+      };
+      waiters.add(check);
+    });
+  };
+  return Object.assign(logger, { lines, waitFor });
 }
 
 export const silentLogger: Logger = createLogger('error', () => undefined);

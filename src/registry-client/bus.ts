@@ -1,0 +1,323 @@
+/**
+ * A D-Bus connection with the guarantees the registry needs and dbus-next lacks: every call has a
+ * deadline, calls pending when the connection drops fail at once (dbus-next would leave them hanging
+ * forever), the end of the connection is an event, match rules are explicit, and D-Bus errors become
+ * named `BusError` values. Replies are returned as raw bodies; callers parse them with zod.
+ *
+ * dbus-next (@particle fork, pinned: reference/peers.md §5) is used only for the wire format and the
+ * authentication handshake.
+ */
+import {
+  DBusError,
+  Message,
+  MessageFlag,
+  MessageType,
+  sessionBus,
+  type MessageBus,
+} from '@particle/dbus-next';
+import type { Socket } from 'node:net';
+
+/** Named failures of a D-Bus call, with the wire error name kept for logs. */
+export type BusErrorCode =
+  | 'NoSuchMachine'
+  | 'NoSuchImage'
+  | 'NoMachineForPID'
+  | 'MachineExists'
+  | 'NoPrivateNetworking'
+  | 'NoOSReleaseInformation'
+  | 'NoSuchUserMapping'
+  | 'NoSuchGroupMapping'
+  | 'NotSupported'
+  | 'InvalidArgs'
+  | 'AccessDenied'
+  /** Nobody owns the destination name (machined not running and not activatable). */
+  | 'ServiceUnknown'
+  | 'UnknownMethod'
+  | 'Timeout'
+  | 'Disconnected'
+  /** The reply did not have the documented signature. */
+  | 'BadReply'
+  /** `System.Error.E…`: an errno from the service. */
+  | 'SystemError'
+  | 'Other';
+
+/** D-Bus error names → codes (machined's own names: reference §5, bus-common-errors.c). */
+const ERROR_NAMES: ReadonlyMap<string, BusErrorCode> = new Map([
+  ['org.freedesktop.machine1.NoSuchMachine', 'NoSuchMachine'],
+  ['org.freedesktop.machine1.NoSuchImage', 'NoSuchImage'],
+  ['org.freedesktop.machine1.NoMachineForPID', 'NoMachineForPID'],
+  ['org.freedesktop.machine1.MachineExists', 'MachineExists'],
+  ['org.freedesktop.machine1.NoPrivateNetworking', 'NoPrivateNetworking'],
+  ['org.freedesktop.machine1.NoOSReleaseInformation', 'NoOSReleaseInformation'],
+  ['org.freedesktop.machine1.NoSuchUserMapping', 'NoSuchUserMapping'],
+  ['org.freedesktop.machine1.NoSuchGroupMapping', 'NoSuchGroupMapping'],
+  ['org.freedesktop.DBus.Error.NotSupported', 'NotSupported'],
+  ['org.freedesktop.DBus.Error.InvalidArgs', 'InvalidArgs'],
+  ['org.freedesktop.DBus.Error.AccessDenied', 'AccessDenied'],
+  ['org.freedesktop.DBus.Error.InteractiveAuthorizationRequired', 'AccessDenied'],
+  ['org.freedesktop.DBus.Error.ServiceUnknown', 'ServiceUnknown'],
+  ['org.freedesktop.DBus.Error.NameHasNoOwner', 'ServiceUnknown'],
+  ['org.freedesktop.DBus.Error.UnknownMethod', 'UnknownMethod'],
+  ['org.freedesktop.DBus.Error.UnknownObject', 'UnknownMethod'],
+  ['org.freedesktop.DBus.Error.UnknownInterface', 'UnknownMethod'],
+  ['org.freedesktop.DBus.Error.NoReply', 'Timeout'],
+  ['org.freedesktop.DBus.Error.Timeout', 'Timeout'],
+  ['org.freedesktop.DBus.Error.TimedOut', 'Timeout'],
+  ['org.freedesktop.DBus.Error.Disconnected', 'Disconnected'],
+]);
+
+export class BusError extends Error {
+  override readonly name = 'BusError';
+  constructor(
+    readonly code: BusErrorCode,
+    message: string,
+    /** The D-Bus error name, or '' for local failures. */
+    readonly dbusName: string = '',
+  ) {
+    super(message);
+  }
+
+  static fromDBus(dbusName: string, text: string): BusError {
+    const code =
+      ERROR_NAMES.get(dbusName) ?? (dbusName.startsWith('System.Error.') ? 'SystemError' : 'Other');
+    return new BusError(code, text || dbusName, dbusName);
+  }
+}
+
+export function isBusError(err: unknown, code?: BusErrorCode): err is BusError {
+  return err instanceof BusError && (code === undefined || err.code === code);
+}
+
+export interface CallSpec {
+  readonly destination: string;
+  readonly path: string;
+  readonly interface: string;
+  readonly member: string;
+  readonly signature?: string;
+  readonly body?: readonly unknown[];
+  /** Do not bus-activate the destination (polls must not wake machined: reference/peers.md §5.2). */
+  readonly noAutoStart?: boolean;
+  readonly timeoutMs?: number;
+}
+
+/** A received signal, reduced to what routing needs. */
+export interface BusSignal {
+  readonly sender: string;
+  readonly path: string;
+  readonly interface: string;
+  readonly member: string;
+  readonly body: readonly unknown[];
+}
+
+export const DBUS_NAME = 'org.freedesktop.DBus';
+const DBUS_PATH = '/org/freedesktop/DBus';
+const DEFAULT_TIMEOUT_MS = 25_000; // libdbus/sd-bus default method timeout
+
+/** Builds a match rule string from keys in a fixed order (the bus compares rules textually on removal). */
+export function matchRule(fields: Readonly<Record<string, string>>): string {
+  return Object.entries(fields)
+    .map(([k, v]) => `${k}='${v.replace(/'/g, "'\\''")}'`)
+    .join(',');
+}
+
+/** The bus address machined lives on: `$DBUS_SYSTEM_BUS_ADDRESS`, else the standard socket. */
+export function systemBusAddress(env: NodeJS.ProcessEnv = process.env): string {
+  return env.DBUS_SYSTEM_BUS_ADDRESS ?? 'unix:path=/run/dbus/system_bus_socket';
+}
+
+export class BusConnection {
+  private readonly pending = new Set<(err: BusError) => void>();
+  private readonly signalListeners = new Set<(signal: BusSignal) => void>();
+  private readonly closeListeners = new Set<(reason: string) => void>();
+  private closedReason: string | undefined;
+
+  private constructor(
+    private readonly bus: MessageBus,
+    readonly address: string,
+  ) {
+    bus.on('message', (msg: Message) => {
+      if (msg.type !== MessageType.SIGNAL) return;
+      const signal: BusSignal = {
+        sender: msg.sender,
+        path: msg.path,
+        interface: msg.interface,
+        member: msg.member,
+        body: Array.isArray(msg.body) ? (msg.body as unknown[]) : [],
+      };
+      for (const l of [...this.signalListeners]) l(signal);
+    });
+    bus.on('error', (err: unknown) => this.markClosed(`bus error: ${describe(err)}`));
+  }
+
+  /** Connects and completes the Hello exchange; rejects with a BusError when the bus is not there. */
+  static open(address: string, timeoutMs = 5_000): Promise<BusConnection> {
+    return new Promise((resolve, reject) => {
+      let bus: MessageBus;
+      try {
+        bus = sessionBus({ busAddress: address, authMethods: ['EXTERNAL'] });
+      } catch (err) {
+        reject(new BusError('Disconnected', `cannot connect to ${address}: ${describe(err)}`));
+        return;
+      }
+      const timer = setTimeout(() => {
+        fail(new Error('timed out'));
+      }, timeoutMs);
+      const fail = (err: unknown): void => {
+        clearTimeout(timer);
+        bus.removeListener('connect', ok);
+        streamOf(bus)?.destroy();
+        reject(new BusError('Disconnected', `cannot connect to ${address}: ${describe(err)}`));
+      };
+      const ok = (): void => {
+        clearTimeout(timer);
+        bus.removeListener('error', fail);
+        const conn = new BusConnection(bus, address);
+        const stream = streamOf(bus);
+        if (!stream) {
+          conn.markClosed('no stream');
+          reject(new BusError('Disconnected', `cannot connect to ${address}: unsupported transport`));
+          return;
+        }
+        stream.once('close', () => conn.markClosed('connection closed by the bus'));
+        resolve(conn);
+      };
+      bus.once('connect', ok);
+      bus.once('error', fail);
+    });
+  }
+
+  get closed(): boolean {
+    return this.closedReason !== undefined;
+  }
+
+  /** This connection's unique name on the bus (`:1.42`). */
+  get uniqueName(): string {
+    const name: unknown = Reflect.get(this.bus, 'name');
+    return typeof name === 'string' ? name : '';
+  }
+
+  /** Calls a method; resolves to the reply body, rejects with a BusError. */
+  call(spec: CallSpec): Promise<unknown[]> {
+    if (this.closedReason !== undefined)
+      return Promise.reject(new BusError('Disconnected', `not connected: ${this.closedReason}`));
+    const msg = new Message({
+      type: MessageType.METHOD_CALL,
+      destination: spec.destination,
+      path: spec.path,
+      interface: spec.interface,
+      member: spec.member,
+      signature: spec.signature ?? '',
+      body: [...(spec.body ?? [])],
+      flags: spec.noAutoStart ? MessageFlag.NO_AUTO_START : 0,
+    });
+    const what = `${spec.interface}.${spec.member}`;
+    return new Promise<unknown[]>((resolve, reject) => {
+      const abort = (err: BusError): void => {
+        clearTimeout(timer);
+        this.pending.delete(abort);
+        reject(err);
+      };
+      const timer = setTimeout(
+        () =>
+          abort(
+            new BusError('Timeout', `${what}: no reply within ${spec.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms`),
+          ),
+        spec.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+      );
+      this.pending.add(abort);
+      this.bus.call(msg).then(
+        (reply) => {
+          clearTimeout(timer);
+          this.pending.delete(abort);
+          resolve(reply && Array.isArray(reply.body) ? (reply.body as unknown[]) : []);
+        },
+        (err: unknown) => {
+          if (err instanceof DBusError) abort(BusError.fromDBus(err.type, err.text));
+          else abort(new BusError('Disconnected', `${what}: ${describe(err)}`));
+        },
+      );
+    });
+  }
+
+  addMatch(rule: string): Promise<unknown[]> {
+    return this.call({
+      destination: DBUS_NAME,
+      path: DBUS_PATH,
+      interface: DBUS_NAME,
+      member: 'AddMatch',
+      signature: 's',
+      body: [rule],
+    });
+  }
+
+  /** The unique name owning `name`, or undefined when nobody does. */
+  async getNameOwner(name: string): Promise<string | undefined> {
+    try {
+      const [owner] = await this.call({
+        destination: DBUS_NAME,
+        path: DBUS_PATH,
+        interface: DBUS_NAME,
+        member: 'GetNameOwner',
+        signature: 's',
+        body: [name],
+      });
+      return typeof owner === 'string' ? owner : undefined;
+    } catch (err) {
+      if (isBusError(err, 'ServiceUnknown')) return undefined;
+      throw err;
+    }
+  }
+
+  onSignal(listener: (signal: BusSignal) => void): () => void {
+    this.signalListeners.add(listener);
+    return () => this.signalListeners.delete(listener);
+  }
+
+  /** Called once when the connection ends for any reason (also after `close()`). */
+  onClose(listener: (reason: string) => void): () => void {
+    if (this.closedReason !== undefined) {
+      const reason = this.closedReason;
+      queueMicrotask(() => listener(reason));
+      return () => undefined;
+    }
+    this.closeListeners.add(listener);
+    return () => this.closeListeners.delete(listener);
+  }
+
+  close(): void {
+    if (this.closedReason !== undefined) return;
+    this.markClosed('closed');
+    try {
+      this.bus.disconnect();
+    } catch {
+      // the stream may already be gone; there is nothing left to release
+    }
+    streamOf(this.bus)?.destroy();
+  }
+
+  private markClosed(reason: string): void {
+    if (this.closedReason !== undefined) return;
+    this.closedReason = reason;
+    const err = new BusError('Disconnected', `connection lost: ${reason}`);
+    for (const abort of [...this.pending]) abort(err);
+    for (const l of [...this.closeListeners]) l(reason);
+    this.closeListeners.clear();
+  }
+}
+
+/**
+ * dbus-next's MessageBus does not report the end of its stream; the socket is reached through its
+ * private `_connection.stream` (stable in the pinned 0.11.4; checked at runtime, not assumed).
+ */
+function streamOf(bus: MessageBus): Socket | undefined {
+  const conn: unknown = Reflect.get(bus, '_connection');
+  if (typeof conn !== 'object' || conn === null) return undefined;
+  const stream: unknown = Reflect.get(conn, 'stream');
+  if (typeof stream !== 'object' || stream === null || !('destroy' in stream) || !('once' in stream))
+    return undefined;
+  return stream as Socket;
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,252 @@
+/**
+ * Registry sync logic against FakeMachined, a TEST DOUBLE of machined that can be stalled, hung and
+ * killed at will (the real machined cannot). Behaviour against the real machined 252 is pinned in
+ * registry-machined.test.ts.
+ */
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { memoryLogger } from '../src/log.js';
+import { isBusError } from '../src/registry-client/bus.js';
+import { procHost, type HostReader } from '../src/registry-client/host.js';
+import { Registry, type RegistryOptions } from '../src/registry-client/sync.js';
+import type { RegistryView } from '../src/registry-client/view.js';
+import { PrivateBus } from './support/dbus.js';
+import { FakeMachinedHandle } from './support/fake.js';
+
+/** Resolves when `pred(view)` holds (checked now and after every change). */
+function until(view: RegistryView, pred: (v: RegistryView) => boolean, timeoutMs = 10_000): Promise<void> {
+  if (pred(view)) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      off();
+      reject(
+        new Error(
+          `view condition not met: ${JSON.stringify(view.all().map((m) => [m.name, m.addresses.map((a) => a.address)]))}`,
+        ),
+      );
+    }, timeoutMs);
+    const off = view.onChange(() => {
+      if (!pred(view)) return;
+      clearTimeout(timer);
+      off();
+      resolve();
+    });
+  });
+}
+
+const names = (v: RegistryView): string[] =>
+  v
+    .all()
+    .map((m) => m.name)
+    .sort();
+const addressesOf = (v: RegistryView, name: string): string[] | undefined =>
+  v.byName(name)?.addresses.map((a) => a.address);
+
+function registry(busAddress: string, extra: Partial<RegistryOptions> = {}): Registry {
+  return new Registry({ busAddress, logger: memoryLogger(), refreshIntervalMs: 60_000, ...extra });
+}
+
+test('[test double] machines registered before start are all in the view after start()', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.register('a');
+  await fake.register('b');
+  await fake.setAddresses('a', ['192.0.2.10', 'fd00::10']);
+  const r = registry(fake.busAddress);
+  t.teardown(() => r.stop());
+  await r.start();
+  t.deepEqual(names(r.view), ['a', 'b']);
+  t.deepEqual(addressesOf(r.view, 'a'), ['192.0.2.10', 'fd00::10']);
+  t.truthy(r.status().machinedOwner);
+});
+
+test('[test double] a registration while ListMachines is on its way is not lost', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.register('early');
+  // ListMachines' answer (without "late") is computed at once and delivered 400 ms later
+  await fake.stall('ListMachines', 400);
+  const r = registry(fake.busAddress);
+  t.teardown(() => r.stop());
+  const listing = await fake.received('ListMachines');
+  const started = r.start();
+  await listing.arrived; // machined has answered ListMachines (without "late"); the answer is on its way
+  await fake.register('late');
+  await started;
+  await until(r.view, (v) => names(v).includes('late'));
+  t.deepEqual(names(r.view), ['early', 'late']);
+});
+
+test('[test double] a machine removed while its fetch is in flight never shows up', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const r = registry(fake.busAddress);
+  t.teardown(() => r.stop());
+  await r.start();
+  await fake.stall('GetAll', 300); // property fetches are slow
+  const seen: string[] = [];
+  r.view.onChange((c) => c.kind !== 'reset' && seen.push(`${c.kind}:${c.machine.name}`));
+  await fake.register('ghost');
+  await fake.unregister('ghost');
+  await fake.register('witness'); // its fetch also takes 300 ms and completes after ghost's
+  await until(r.view, (v) => names(v).includes('witness'));
+  t.false(seen.includes('added:ghost'), seen.join(' '));
+  t.deepEqual(names(r.view), ['witness']);
+});
+
+test('[test double] addresses that appear after registration are picked up within the settle window', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const r = registry(fake.busAddress, { settleDelaysMs: [50, 100, 200, 400] });
+  t.teardown(() => r.stop());
+  await r.start();
+  await fake.register('slow');
+  await until(r.view, (v) => v.byName('slow') !== undefined);
+  t.deepEqual(addressesOf(r.view, 'slow'), []);
+  await fake.setAddresses('slow', ['192.0.2.20']); // the network came up after registration
+  await until(r.view, (v) => addressesOf(v, 'slow')?.length === 1, 2_000);
+  t.deepEqual(addressesOf(r.view, 'slow'), ['192.0.2.20']);
+});
+
+test('[test double] address changes after the settle window show up within the refresh interval', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.register('m');
+  await fake.setAddresses('m', ['192.0.2.30']);
+  const r = registry(fake.busAddress, { refreshIntervalMs: 200, settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  await fake.setAddresses('m', ['192.0.2.31', 'fd00::31']);
+  const changedAt = Date.now();
+  await until(r.view, (v) => addressesOf(v, 'm')?.[0] === '192.0.2.31', 2_000);
+  t.true(Date.now() - changedAt < 1_000, 'within one refresh interval plus one round');
+  t.deepEqual(addressesOf(r.view, 'm'), ['192.0.2.31', 'fd00::31']);
+});
+
+test('[test double] no private networking is recorded, not an error', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.register('shared');
+  await fake.setNoPrivateNetworking('shared');
+  const r = registry(fake.busAddress);
+  t.teardown(() => r.stop());
+  await r.start();
+  t.is(r.view.byName('shared')?.addressError, 'NoPrivateNetworking');
+  t.deepEqual(addressesOf(r.view, 'shared'), []);
+});
+
+test('[test double] a machined that never appears leaves an empty view, and is picked up when it does', async (t) => {
+  const fake = await FakeMachinedHandle.start({ running: false });
+  t.teardown(() => fake.stop());
+  const r = registry(fake.busAddress);
+  t.teardown(() => r.stop());
+  await r.start();
+  t.deepEqual(names(r.view), []);
+  t.is(r.status().machinedOwner, undefined);
+  t.true(r.status().busConnected);
+  await fake.startMachined();
+  await fake.register('later');
+  await until(r.view, (v) => names(v).includes('later'));
+  t.pass();
+});
+
+test('no bus at all: start() resolves with an empty view, and the registry connects when the bus comes', async (t) => {
+  const bus = await PrivateBus.start();
+  await bus.kill();
+  const r = registry(bus.address, { reconnectMinMs: 50, reconnectMaxMs: 200 });
+  t.teardown(() => r.stop());
+  t.teardown(() => bus.stop());
+  await r.start();
+  t.deepEqual(names(r.view), []);
+  t.false(r.status().busConnected);
+  t.regex(r.status().lastError ?? '', /bus/);
+  await bus.restart();
+  const synced = new Promise<void>((resolve) => r.onSynced(resolve));
+  await synced;
+  t.true(r.status().busConnected);
+});
+
+test('[test double] a stalled machined times out calls; the last known view stays', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.register('known');
+  await fake.setAddresses('known', ['192.0.2.40']);
+  const logger = memoryLogger();
+  const r = new Registry({ busAddress: fake.busAddress, logger, callTimeoutMs: 300, refreshIntervalMs: 100 });
+  t.teardown(() => r.stop());
+  await r.start();
+  await fake.hang(true);
+  const m1 = await fake.machine1();
+  const err = await t.throwsAsync(m1.listMachines({ timeoutMs: 200 }));
+  t.true(isBusError(err, 'Timeout'));
+  // a refresh round against the machined that never answers runs into its deadline …
+  await logger.waitFor(/refresh of known failed: .*no reply within 300 ms/);
+  // … and what was known is still served
+  t.deepEqual(addressesOf(r.view, 'known'), ['192.0.2.40']);
+  await fake.hang(false);
+  await fake.setAddresses('known', ['192.0.2.41']);
+  await until(r.view, (v) => addressesOf(v, 'known')?.[0] === '192.0.2.41');
+  t.pass();
+});
+
+test('[test double] when a leader dies the machine stays registered without addresses or maps', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const leader = spawn('sleep', ['60'], { stdio: 'ignore' });
+  t.teardown(() => leader.kill('SIGKILL'));
+  await fake.register('mortal', { leader: leader.pid ?? 0 });
+  await fake.setAddresses('mortal', ['192.0.2.50']);
+  const r = registry(fake.busAddress, { leaderCheckIntervalMs: 50 });
+  t.teardown(() => r.stop());
+  await r.start();
+  t.true(r.view.byName('mortal')?.leaderAlive);
+  const exited = once(leader, 'exit');
+  leader.kill('SIGKILL');
+  await exited;
+  await until(r.view, (v) => v.byName('mortal')?.leaderAlive === false);
+  t.deepEqual(addressesOf(r.view, 'mortal'), []);
+  t.is(r.view.byName('mortal')?.addressError, 'leader gone');
+});
+
+test('[test double] an unreadable uid_map means no owner, and is re-read later', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  let readable = false;
+  const host: HostReader = {
+    ...procHost,
+    readIdMap: () =>
+      Promise.resolve(
+        readable
+          ? { kind: 'ok', ranges: [{ inner: 0, outer: 300000, count: 65536 }] }
+          : { kind: 'unreadable', reason: 'EACCES' },
+      ),
+    readAccounts: () => Promise.resolve([]),
+  };
+  await fake.register('locked');
+  const r = registry(fake.busAddress, { host, settleDelaysMs: [50, 100, 200, 400] });
+  t.teardown(() => r.stop());
+  await r.start();
+  t.is(r.view.byName('locked')?.uidMap, undefined);
+  t.is(r.view.ownerOfUid(300001), undefined);
+  readable = true;
+  await until(r.view, (v) => v.ownerOfUid(300001)?.machine.name === 'locked', 3_000);
+  t.is(r.view.ownerOfUid(300001)?.inner, 1);
+});
+
+test('[test double] killing machined and starting it again converges; removals while it was away apply', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.register('stays');
+  await fake.register('goes');
+  const r = registry(fake.busAddress);
+  t.teardown(() => r.stop());
+  await r.start();
+  t.deepEqual(names(r.view), ['goes', 'stays']);
+  await fake.killMachined();
+  t.deepEqual(names(r.view), ['goes', 'stays'], 'last known state served while machined is away');
+  await fake.startMachined();
+  await fake.unregister('goes');
+  await until(r.view, (v) => names(v).join() === 'stays');
+  t.pass();
+});
