@@ -17,7 +17,9 @@ const addressCases: [string, string][] = [
   ['1:0:0:2:0:0:0:3', '1:0:0:2::3'], // RFC 5952 §4.2.3: the longest run is compressed
   ['1:0:0:2:0:0:3:4', '1::2:0:0:3:4'], // a tie compresses the first run
   ['1:2:3:4:5:6:0:8', '1:2:3:4:5:6:0:8'], // a single zero word is not compressed
-  ['::ffff:198.51.100.7', '::ffff:c633:6407'],
+  ['::ffff:198.51.100.7', '::ffff:198.51.100.7'], // inet_ntop's mixed notation
+  ['::ffff:c633:6407', '::ffff:198.51.100.7'],
+  ['::1.2.3.4', '::1.2.3.4'],
 ];
 for (const [input, canonical] of addressCases) {
   test(`address ${input} round-trips to its canonical text ${canonical}`, (t) => {

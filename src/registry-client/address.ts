@@ -36,6 +36,10 @@ export function formatAddress(bytes: Uint8Array): string {
       .map((w) => w.toString(16))
       .join(':');
   if (bestStart < 0) return hex(0, 8);
+  // IPv4-mapped (::ffff:a.b.c.d) and IPv4-compatible (::a.b.c.d) addresses end in dotted quad, as
+  // inet_ntop(3) prints them (RFC 5952 §5).
+  if (bestStart === 0 && (bestLength === 6 || (bestLength === 5 && words[5] === 0xffff)))
+    return `::${bestLength === 5 ? 'ffff:' : ''}${bytes[12]}.${bytes[13]}.${bytes[14]}.${bytes[15]}`;
   return `${hex(0, bestStart)}::${hex(bestStart + bestLength, 8)}`;
 }
 

@@ -1,0 +1,410 @@
+/**
+ * The command line (DESIGN.md §3): parsing and validation, pure. Any problem is a `UsageError`
+ * with a one-line reason; `main.ts` prints it and exits 2.
+ */
+import { isIP } from 'node:net';
+import { systemBusAddress } from '../registry-client/bus.js';
+import { isLogLevel, type LogLevel } from '../log.js';
+
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
+
+export interface ListenAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** An upstream DNS server, or `resolv.conf` (its nameservers, read at start). */
+export type ForwardSpec =
+  | { readonly kind: 'server'; readonly host: string; readonly port: number }
+  | { readonly kind: 'resolv.conf' };
+
+export interface Cidr {
+  readonly text: string;
+  readonly address: string;
+  readonly prefix: number;
+}
+
+export interface ServeConfig {
+  readonly command: 'serve';
+  readonly busAddress: string;
+  /** Empty with --no-dns. */
+  readonly dns: readonly ListenAddress[];
+  readonly dnsEnabled: boolean;
+  readonly domain: string;
+  readonly forward: readonly ForwardSpec[];
+  readonly ttl: number;
+  readonly includeLinkLocal: boolean;
+  readonly excludeNets: readonly Cidr[];
+  /** undefined = default (loopback and the host's own addresses). */
+  readonly allowNets: readonly Cidr[] | undefined;
+  readonly userdb: string | undefined;
+  readonly control: string | undefined;
+  readonly logLevel: LogLevel;
+  readonly refreshSeconds: number;
+  /** Register the stub with systemd-resolved for the domain on this link (undefined = do not). */
+  readonly resolvedLink: string | undefined;
+}
+
+export interface ListConfig {
+  readonly command: 'list';
+  readonly json: boolean;
+  readonly control: string;
+}
+
+export interface ResolveConfig {
+  readonly command: 'resolve';
+  readonly name: string;
+  readonly json: boolean;
+  readonly control: string;
+}
+
+export interface AccountConfig {
+  readonly command: 'user' | 'group';
+  /** A name, or a numeric id. */
+  readonly key: string | number;
+  readonly json: boolean;
+  readonly userdb: string;
+}
+
+export type Config =
+  | ServeConfig
+  | ListConfig
+  | ResolveConfig
+  | AccountConfig
+  | { readonly command: 'help' }
+  | { readonly command: 'version' };
+
+export const DEFAULT_DNS: ListenAddress = { host: '127.0.0.153', port: 53 };
+export const DEFAULT_DOMAIN = 'machine';
+export const DEFAULT_USERDB = '/run/systemd/userdb/io.mymachinesd.Machine';
+export const DEFAULT_CONTROL = '/run/mymachinesd/io.mymachinesd.Control';
+export const DEFAULT_REFRESH_SECONDS = 10;
+export const DEFAULT_RESOLVED_LINK = 'mymachines0';
+
+export const USAGE = `usage:
+  mymachinesd serve [options]
+      --bus ADDRESS          machined's bus (default: $DBUS_SYSTEM_BUS_ADDRESS, else the system bus)
+      --dns HOST:PORT        DNS listen address, UDP and TCP; repeatable; [::1]:PORT for IPv6;
+                             port 0 = any free port (default ${DEFAULT_DNS.host}:${DEFAULT_DNS.port})
+      --no-dns               serve no DNS
+      --domain NAME          zone served authoritatively (default "${DEFAULT_DOMAIN}")
+      --forward SPEC         upstream for other names: ADDR[:PORT], [ADDR6]:PORT (repeatable) or
+                             "resolv.conf"; default none (REFUSED)
+      --ttl SECONDS          TTL of synthesized records (default 0)
+      --include-link-local   also answer link-local addresses (DNS cannot carry their scope)
+      --exclude-net CIDR     never answer addresses in CIDR (repeatable)
+      --allow-net CIDR       clients allowed to query (repeatable; default loopback and the
+                             host's own addresses)
+      --userdb PATH          io.systemd.UserDatabase socket; the service name is its basename
+                             (default ${DEFAULT_USERDB})
+      --no-userdb            serve no userdb
+      --control PATH         control socket for list/resolve (default ${DEFAULT_CONTROL})
+      --no-control           serve no control socket
+      --refresh SECONDS      re-read machine addresses this often (default ${DEFAULT_REFRESH_SECONDS})
+      --register-resolved[=LINK]
+                             route the domain to this stub in systemd-resolved, on LINK
+                             (default ${DEFAULT_RESOLVED_LINK})
+      --log-level LEVEL      error|warn|info|debug (default info)
+  mymachinesd list [--json] [--control PATH]
+  mymachinesd resolve NAME [--json] [--control PATH]
+  mymachinesd user NAME|UID [--json] [--userdb PATH]
+  mymachinesd group NAME|GID [--json] [--userdb PATH]
+  mymachinesd --help | --version
+`;
+
+/** `HOST:PORT`, `[V6]:PORT`; with `defaultPort` the port may be left out. */
+export function parseHostPort(text: string, defaultPort?: number): ListenAddress {
+  let host: string;
+  let portText: string | undefined;
+  const bracket = /^\[([^\]]+)\](?::(\d+))?$/.exec(text);
+  if (bracket) {
+    host = bracket[1] ?? '';
+    portText = bracket[2];
+    if (isIP(host) !== 6) throw new UsageError(`"${text}": not an IPv6 address in brackets`);
+  } else if (isIP(text) === 6) {
+    host = text; // a bare IPv6 address: no port can follow unambiguously
+  } else {
+    const colon = text.lastIndexOf(':');
+    host = colon < 0 ? text : text.slice(0, colon);
+    portText = colon < 0 ? undefined : text.slice(colon + 1);
+    if (isIP(host) !== 4) throw new UsageError(`"${text}": expected IPV4:PORT or [IPV6]:PORT`);
+  }
+  if (host.includes('%')) throw new UsageError(`"${text}": zone ids are not supported`);
+  if (portText === undefined) {
+    if (defaultPort === undefined) throw new UsageError(`"${text}": a port is required`);
+    return { host, port: defaultPort };
+  }
+  if (!/^\d{1,5}$/.test(portText) || Number(portText) > 65535) throw new UsageError(`"${text}": bad port`);
+  return { host, port: Number(portText) };
+}
+
+export function parseCidr(text: string): Cidr {
+  const m = /^([^/]+)\/(\d{1,3})$/.exec(text);
+  const address = m?.[1] ?? '';
+  const family = isIP(address);
+  const prefix = Number(m?.[2]);
+  if (!m || family === 0 || prefix > (family === 4 ? 32 : 128))
+    throw new UsageError(`"${text}": expected ADDRESS/PREFIX (e.g. 10.0.0.0/8, fd00::/8)`);
+  return { text, address, prefix };
+}
+
+/** A DNS domain: labels of letters, digits, `-` and `_`, 1–63 bytes, 253 in all; trailing dot dropped. */
+export function parseDomain(text: string): string {
+  const domain = text.endsWith('.') ? text.slice(0, -1) : text;
+  const labels = domain.split('.');
+  if (
+    domain.length === 0 ||
+    domain.length > 253 ||
+    labels.some((l) => l.length === 0 || l.length > 63 || !/^[A-Za-z0-9_-]+$/.test(l))
+  )
+    throw new UsageError(`"${text}": not a valid domain name`);
+  return domain.toLowerCase();
+}
+
+function parseSeconds(flag: string, text: string, min: number): number {
+  if (!/^\d{1,10}$/.test(text) || Number(text) > 0x7fffffff || Number(text) < min)
+    throw new UsageError(
+      `${flag} "${text}": expected a whole number of seconds${min > 0 ? ` ≥ ${min}` : ''}`,
+    );
+  return Number(text);
+}
+
+/** A tiny argv reader: `--flag VALUE` and `--flag=VALUE`, positional arguments in order. */
+class Args {
+  private i = 0;
+  constructor(private readonly argv: readonly string[]) {}
+
+  next(): { flag: string; inline: string | undefined } | { positional: string } | undefined {
+    const arg = this.argv[this.i++];
+    if (arg === undefined) return undefined;
+    if (arg.startsWith('--') && arg.length > 2) {
+      const eq = arg.indexOf('=');
+      return eq < 0
+        ? { flag: arg, inline: undefined }
+        : { flag: arg.slice(0, eq), inline: arg.slice(eq + 1) };
+    }
+    if (arg.startsWith('-') && arg !== '-' && !/^-\d/.test(arg)) return { flag: arg, inline: undefined };
+    return { positional: arg };
+  }
+
+  value(flag: string, inline: string | undefined): string {
+    if (inline !== undefined) return inline;
+    const v = this.argv[this.i++];
+    if (v === undefined) throw new UsageError(`${flag} needs a value`);
+    return v;
+  }
+}
+
+function noValue(flag: string, inline: string | undefined): void {
+  if (inline !== undefined) throw new UsageError(`${flag} takes no value`);
+}
+
+export function parseArgs(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Config {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case undefined:
+      throw new UsageError('a command is required (serve, list, resolve, user, group; see --help)');
+    case '--help':
+    case '-h':
+    case 'help':
+      return { command: 'help' };
+    case '--version':
+      return { command: 'version' };
+    case 'serve':
+      return parseServe(rest, env);
+    case 'list':
+    case 'resolve':
+      return parseClient(command, rest);
+    case 'user':
+    case 'group':
+      return parseAccount(command, rest);
+    default:
+      throw new UsageError(`unknown command "${command}" (serve, list, resolve, user, group; see --help)`);
+  }
+}
+
+function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): ServeConfig {
+  const args = new Args(argv);
+  let busAddress = systemBusAddress(env);
+  const dns: ListenAddress[] = [];
+  let dnsEnabled = true;
+  let domain = DEFAULT_DOMAIN;
+  const forward: ForwardSpec[] = [];
+  let ttl = 0;
+  let includeLinkLocal = false;
+  const excludeNets: Cidr[] = [];
+  let allowNets: Cidr[] | undefined;
+  let userdb: string | undefined = DEFAULT_USERDB;
+  let control: string | undefined = DEFAULT_CONTROL;
+  let logLevel: LogLevel = 'info';
+  let refreshSeconds = DEFAULT_REFRESH_SECONDS;
+  let resolvedLink: string | undefined;
+  for (let a = args.next(); a; a = args.next()) {
+    if ('positional' in a) throw new UsageError(`serve: unexpected argument "${a.positional}"`);
+    const { flag, inline } = a;
+    switch (flag) {
+      case '--bus':
+        busAddress = args.value(flag, inline);
+        if (!/^[a-z]+:/.test(busAddress))
+          throw new UsageError(
+            `--bus "${busAddress}": expected a D-Bus address like unix:path=/run/dbus/system_bus_socket`,
+          );
+        break;
+      case '--dns':
+        dns.push(parseHostPort(args.value(flag, inline)));
+        break;
+      case '--no-dns':
+        noValue(flag, inline);
+        dnsEnabled = false;
+        break;
+      case '--domain':
+        domain = parseDomain(args.value(flag, inline));
+        break;
+      case '--forward': {
+        const spec = args.value(flag, inline);
+        forward.push(
+          spec === 'resolv.conf' ? { kind: 'resolv.conf' } : { kind: 'server', ...parseHostPort(spec, 53) },
+        );
+        break;
+      }
+      case '--ttl':
+        ttl = parseSeconds(flag, args.value(flag, inline), 0);
+        break;
+      case '--include-link-local':
+        noValue(flag, inline);
+        includeLinkLocal = true;
+        break;
+      case '--exclude-net':
+        excludeNets.push(parseCidr(args.value(flag, inline)));
+        break;
+      case '--allow-net':
+        (allowNets ??= []).push(parseCidr(args.value(flag, inline)));
+        break;
+      case '--userdb':
+        userdb = absolutePath(flag, args.value(flag, inline));
+        break;
+      case '--no-userdb':
+        noValue(flag, inline);
+        userdb = undefined;
+        break;
+      case '--control':
+        control = absolutePath(flag, args.value(flag, inline));
+        break;
+      case '--no-control':
+        noValue(flag, inline);
+        control = undefined;
+        break;
+      case '--log-level': {
+        const level = args.value(flag, inline);
+        if (!isLogLevel(level))
+          throw new UsageError(`--log-level "${level}": expected error, warn, info or debug`);
+        logLevel = level;
+        break;
+      }
+      case '--refresh':
+        refreshSeconds = parseSeconds(flag, args.value(flag, inline), 1);
+        break;
+      case '--register-resolved':
+        resolvedLink = inline ?? DEFAULT_RESOLVED_LINK;
+        if (!/^[A-Za-z0-9_.:-]{1,15}$/.test(resolvedLink))
+          throw new UsageError(`--register-resolved "${resolvedLink}": not a valid link name`);
+        break;
+      default:
+        throw new UsageError(`serve: unknown option ${flag}`);
+    }
+  }
+  if (!dnsEnabled && dns.length > 0) throw new UsageError('--dns and --no-dns contradict each other');
+  if (!dnsEnabled && (forward.length > 0 || resolvedLink !== undefined))
+    throw new UsageError('--forward and --register-resolved need the DNS stub (remove --no-dns)');
+  return {
+    command: 'serve',
+    busAddress,
+    dns: dnsEnabled ? (dns.length > 0 ? dns : [DEFAULT_DNS]) : [],
+    dnsEnabled,
+    domain,
+    forward,
+    ttl,
+    includeLinkLocal,
+    excludeNets,
+    allowNets,
+    userdb,
+    control,
+    logLevel,
+    refreshSeconds,
+    resolvedLink,
+  };
+}
+
+function absolutePath(flag: string, path: string): string {
+  if (!path.startsWith('/')) throw new UsageError(`${flag} "${path}": an absolute path is required`);
+  if (Buffer.byteLength(path) > 107)
+    throw new UsageError(`${flag} "${path}": longer than a unix socket path may be (107 bytes)`);
+  return path;
+}
+
+function parseClient(command: 'list' | 'resolve', argv: readonly string[]): ListConfig | ResolveConfig {
+  const args = new Args(argv);
+  let json = false;
+  let control = DEFAULT_CONTROL;
+  const positional: string[] = [];
+  for (let a = args.next(); a; a = args.next()) {
+    if ('positional' in a) {
+      positional.push(a.positional);
+      continue;
+    }
+    switch (a.flag) {
+      case '--json':
+        noValue(a.flag, a.inline);
+        json = true;
+        break;
+      case '--control':
+        control = absolutePath(a.flag, args.value(a.flag, a.inline));
+        break;
+      default:
+        throw new UsageError(`${command}: unknown option ${a.flag}`);
+    }
+  }
+  if (command === 'list') {
+    if (positional.length > 0) throw new UsageError(`list: unexpected argument "${positional[0] ?? ''}"`);
+    return { command, json, control };
+  }
+  const [name, extra] = positional;
+  if (name === undefined || name === '') throw new UsageError('resolve: a machine name is required');
+  if (extra !== undefined) throw new UsageError(`resolve: unexpected argument "${extra}"`);
+  return { command, name, json, control };
+}
+
+function parseAccount(command: 'user' | 'group', argv: readonly string[]): AccountConfig {
+  const args = new Args(argv);
+  let json = false;
+  let userdb = DEFAULT_USERDB;
+  const positional: string[] = [];
+  for (let a = args.next(); a; a = args.next()) {
+    if ('positional' in a) {
+      positional.push(a.positional);
+      continue;
+    }
+    switch (a.flag) {
+      case '--json':
+        noValue(a.flag, a.inline);
+        json = true;
+        break;
+      case '--userdb':
+        userdb = absolutePath(a.flag, args.value(a.flag, a.inline));
+        break;
+      default:
+        throw new UsageError(`${command}: unknown option ${a.flag}`);
+    }
+  }
+  const [key, extra] = positional;
+  if (key === undefined || key === '') throw new UsageError(`${command}: a name or numeric id is required`);
+  if (extra !== undefined) throw new UsageError(`${command}: unexpected argument "${extra}"`);
+  if (/^\d+$/.test(key)) {
+    const id = Number(key);
+    if (id > 0xfffffffe) throw new UsageError(`${command}: ${key} is not a valid id`);
+    return { command, key: id, json, userdb };
+  }
+  return { command, key, json, userdb };
+}

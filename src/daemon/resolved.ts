@@ -1,0 +1,188 @@
+/**
+ * Routing the zone to our stub in systemd-resolved (D-Bus `org.freedesktop.resolve1`), on a link
+ * of our own: resolved refuses loopback ("Link lo is loopback device.") and links managed by
+ * networkd. The quirks of resolved 252 that shape this (../shared/lab/README.md, resolved section):
+ * - order: domains and DefaultRoute=no first, DNS servers last, else the link is briefly a default
+ *   route for every name;
+ * - `(domain, false)` = search and routing domain, so `ssh web1` becomes `web1.machine`;
+ * - settings live per ifindex and are lost when resolved loses its state or the link is re-created:
+ *   re-apply whenever resolved gets a new bus owner;
+ * - its own stub 127.0.0.53 is refused as a server; a loopback address like 127.0.0.153 is fine.
+ */
+import { execFile } from 'node:child_process';
+import { isIP } from 'node:net';
+import { z } from 'zod';
+import { BusConnection, DBUS_NAME, isBusError, matchRule, type BusSignal } from '../registry-client/bus.js';
+import { parseAddress, AF_INET, AF_INET6 } from '../registry-client/address.js';
+import type { Logger } from '../log.js';
+
+export const RESOLVE1_NAME = 'org.freedesktop.resolve1';
+const RESOLVE1_PATH = '/org/freedesktop/resolve1';
+const RESOLVE1_MANAGER = 'org.freedesktop.resolve1.Manager';
+
+export interface StubServer {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface ResolvedRegistrationOptions {
+  readonly busAddress: string;
+  readonly link: string;
+  readonly domain: string;
+  /** Our DNS listeners (wildcard addresses are registered as loopback). */
+  readonly servers: readonly StubServer[];
+  readonly logger: Logger;
+}
+
+/** Runs `ip`; rejects with its stderr. */
+function ip(args: readonly string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile('ip', args, { timeout: 5_000 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(stderr.trim() || err.message));
+      else resolve(stdout);
+    });
+  });
+}
+
+const linkJson = z.array(z.object({ ifindex: z.number().int() }).loose());
+
+/** The link's ifindex, creating it (dummy, or ifb where the kernel has no dummy driver) if needed. */
+export async function ensureLink(name: string, logger: Logger): Promise<number> {
+  const existing = await ip(['-j', 'link', 'show', name]).then(
+    (out) => linkJson.safeParse(JSON.parse(out)).data?.[0]?.ifindex,
+    () => undefined,
+  );
+  if (existing !== undefined) return existing;
+  try {
+    await ip(['link', 'add', name, 'type', 'dummy']);
+  } catch (err) {
+    logger.debug(
+      `cannot create dummy link ${name} (${err instanceof Error ? err.message : String(err)}); trying ifb`,
+    );
+    await ip(['link', 'add', name, 'type', 'ifb']);
+  }
+  await ip(['link', 'set', name, 'up']);
+  logger.info(`created link ${name} for the resolved registration`);
+  const out = linkJson.parse(JSON.parse(await ip(['-j', 'link', 'show', name])));
+  const ifindex = out[0]?.ifindex;
+  if (ifindex === undefined) throw new Error(`link ${name} vanished`);
+  return ifindex;
+}
+
+/** The servers as resolved takes them: (family, bytes, port, SNI). A wildcard listener means loopback. */
+export function resolvedServers(servers: readonly StubServer[]): [number, Buffer, number, string][] {
+  return servers.map((s) => {
+    const host = s.host === '0.0.0.0' ? '127.0.0.1' : s.host === '::' ? '::1' : s.host;
+    const bytes = parseAddress(host);
+    if (!bytes || isIP(host) === 0) throw new Error(`cannot register DNS server ${host}`);
+    return [bytes.length === 4 ? AF_INET : AF_INET6, bytes, s.port, ''];
+  });
+}
+
+/**
+ * Keeps the registration in place while the daemon runs: applies it now (if resolved runs), again
+ * whenever resolved gets a new owner, and reverts it on `close()`.
+ */
+export class ResolvedRegistration {
+  private conn: BusConnection | undefined;
+  private ifindex = 0;
+  private applied = false;
+  private closed = false;
+
+  constructor(private readonly opts: ResolvedRegistrationOptions) {}
+
+  async start(): Promise<void> {
+    this.ifindex = await ensureLink(this.opts.link, this.opts.logger);
+    const conn = await BusConnection.open(this.opts.busAddress);
+    this.conn = conn;
+    conn.onSignal((s) => this.onSignal(s));
+    conn.onClose((reason) => {
+      if (!this.closed) this.opts.logger.warn(`resolved registration: bus connection lost (${reason})`);
+    });
+    await conn.addMatch(
+      matchRule({
+        type: 'signal',
+        sender: DBUS_NAME,
+        interface: DBUS_NAME,
+        member: 'NameOwnerChanged',
+        arg0: RESOLVE1_NAME,
+      }),
+    );
+    if (await conn.getNameOwner(RESOLVE1_NAME)) await this.apply();
+    else this.opts.logger.info('systemd-resolved is not running; will register when it appears');
+  }
+
+  private onSignal(s: BusSignal): void {
+    if (s.member !== 'NameOwnerChanged') return;
+    const [name, , owner] = s.body;
+    if (name !== RESOLVE1_NAME || typeof owner !== 'string') return;
+    if (owner === '') {
+      this.applied = false;
+      this.opts.logger.info('systemd-resolved left the bus');
+      return;
+    }
+    this.opts.logger.info('systemd-resolved (re)appeared; re-applying the registration');
+    void this.apply();
+  }
+
+  /** Applies the settings in the order resolved 252 needs (see the file comment). */
+  async apply(): Promise<void> {
+    const conn = this.conn;
+    if (!conn || this.closed) return;
+    try {
+      // the link may have been re-created under a new ifindex meanwhile
+      this.ifindex = await ensureLink(this.opts.link, this.opts.logger);
+      const call = (member: string, signature: string, body: unknown[]): Promise<unknown[]> =>
+        conn.call({
+          destination: RESOLVE1_NAME,
+          path: RESOLVE1_PATH,
+          interface: RESOLVE1_MANAGER,
+          member,
+          signature,
+          body,
+        });
+      await call('SetLinkDomains', 'ia(sb)', [this.ifindex, [[this.opts.domain, false]]]);
+      await call('SetLinkDefaultRoute', 'ib', [this.ifindex, false]);
+      await call('SetLinkDNSEx', 'ia(iayqs)', [this.ifindex, resolvedServers(this.opts.servers)]);
+      this.applied = true;
+      const where = this.opts.servers.map((s) =>
+        s.host.includes(':') ? `[${s.host}]:${s.port}` : `${s.host}:${s.port}`,
+      );
+      this.opts.logger.info(
+        `registered with systemd-resolved: ~${this.opts.domain} and search ${this.opts.domain} → ${where.join(' ')} on ${this.opts.link} (ifindex ${this.ifindex})`,
+      );
+    } catch (err) {
+      this.opts.logger.error(
+        `registration with systemd-resolved failed: ${err instanceof Error ? err.message : String(err)}`,
+      );
+    }
+  }
+
+  /** Reverts the link's settings (RevertLink) and closes the connection. */
+  async close(): Promise<void> {
+    this.closed = true;
+    const conn = this.conn;
+    if (!conn) return;
+    if (this.applied && !conn.closed) {
+      try {
+        await conn.call({
+          destination: RESOLVE1_NAME,
+          path: RESOLVE1_PATH,
+          interface: RESOLVE1_MANAGER,
+          member: 'RevertLink',
+          signature: 'i',
+          body: [this.ifindex],
+          noAutoStart: true,
+          timeoutMs: 3_000,
+        });
+        this.opts.logger.info('removed the registration from systemd-resolved');
+      } catch (err) {
+        if (!isBusError(err, 'ServiceUnknown'))
+          this.opts.logger.warn(
+            `reverting the resolved registration failed: ${err instanceof Error ? err.message : String(err)}`,
+          );
+      }
+    }
+    conn.close();
+  }
+}
