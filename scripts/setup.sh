@@ -67,6 +67,7 @@ if [ ${#missing[@]} -gt 0 ] || [ ${#resolved_missing[@]} -gt 0 ]; then
 			# nothing serves on a host without systemd: configure it in a private mount namespace
 			# where /etc/resolv.conf is a bind-mounted copy, so the host's file stays as it is.
 			dl=$(mktemp -d /tmp/mymachinesd-debs.XXXXXX)
+			chmod 755 "$dl" # apt downloads as user _apt
 			ver=$(dpkg-query -W -f='${Version}' systemd)
 			(cd "$dl" && apt-get download -qq "systemd-resolved=$ver" "libnss-resolve=$ver")
 			cp /etc/resolv.conf "$dl/resolv.conf"

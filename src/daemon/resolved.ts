@@ -44,9 +44,15 @@ function ip(args: readonly string[]): Promise<string> {
   });
 }
 
+/** The address given to a link we create, so resolved considers it (see ensureLink). */
+export const LINK_ADDRESS = '169.254.53.53/32';
+
 const linkJson = z.array(z.object({ ifindex: z.number().int() }).loose());
 
-/** The link's ifindex, creating it (dummy, or ifb where the kernel has no dummy driver) if needed. */
+/**
+ * The link's ifindex, creating it (dummy, or ifb where the kernel has no dummy driver) if needed.
+ * A link that already exists is used as it is: it must be up and carry an address resolved counts.
+ */
 export async function ensureLink(name: string, logger: Logger): Promise<number> {
   const existing = await ip(['-j', 'link', 'show', name]).then(
     (out) => linkJson.safeParse(JSON.parse(out)).data?.[0]?.ifindex,
@@ -61,8 +67,11 @@ export async function ensureLink(name: string, logger: Logger): Promise<number> 
     );
     await ip(['link', 'add', name, 'type', 'ifb']);
   }
+  // resolved gives a link a DNS scope only when it is up and has a "relevant" address; the kernel's
+  // fe80:: is not one, an IPv4 link-local /32 is (checked against resolved 252). Nothing routes to it.
+  await ip(['addr', 'add', LINK_ADDRESS, 'dev', name]);
   await ip(['link', 'set', name, 'up']);
-  logger.info(`created link ${name} for the resolved registration`);
+  logger.info(`created link ${name} (${LINK_ADDRESS}) for the resolved registration`);
   const out = linkJson.parse(JSON.parse(await ip(['-j', 'link', 'show', name])));
   const ifindex = out[0]?.ifindex;
   if (ifindex === undefined) throw new Error(`link ${name} vanished`);

@@ -22,6 +22,10 @@ export interface WorldOptions {
   resolvConf?: string;
   /** Contents for /etc/hosts inside the world. */
   hosts?: string;
+  /** More files to replace inside the world: absolute path (must exist on the host) → contents. */
+  files?: Record<string, string>;
+  /** Directories to hide under an empty tmpfs inside the world (skipped if absent). */
+  emptyDirs?: string[];
 }
 
 export interface ExecResult {
@@ -49,6 +53,10 @@ mkdir -p /run/dbus /run/systemd /run/netns
 [ -z "$W_NSSWITCH" ] || mount --bind "$W_NSSWITCH" /etc/nsswitch.conf
 [ -z "$W_RESOLV" ] || mount --bind "$W_RESOLV" /etc/resolv.conf
 [ -z "$W_HOSTS" ] || mount --bind "$W_HOSTS" /etc/hosts
+if [ -f "$W_DIR/binds" ]; then
+  while read -r src dst; do mount --bind "$src" "$dst"; done < "$W_DIR/binds"
+fi
+for d in $W_EMPTY_DIRS; do [ -d "$d" ] && mount -t tmpfs -o mode=0755 tmpfs "$d"; done
 ip link set lo up
 set +e
 echo ready
@@ -83,7 +91,21 @@ export class World {
   static async create(opts: WorldOptions = {}): Promise<World> {
     const dir = await mkdtemp(join(tmpdir(), 'mmd-world-'));
     await chmod(dir, 0o755); // leaders in user namespaces read their files from here
-    const env: NodeJS.ProcessEnv = { ...process.env, W_DIR: dir, W_NSSWITCH: '', W_RESOLV: '', W_HOSTS: '' };
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      W_DIR: dir,
+      W_NSSWITCH: '',
+      W_RESOLV: '',
+      W_HOSTS: '',
+      W_EMPTY_DIRS: (opts.emptyDirs ?? []).join(' '),
+    };
+    const binds: string[] = [];
+    for (const [i, [target, content]] of Object.entries(opts.files ?? {}).entries()) {
+      const src = join(dir, `file-${i}`);
+      await writeFile(src, content, { mode: 0o644 });
+      binds.push(`${src} ${target}\n`);
+    }
+    if (binds.length > 0) await writeFile(join(dir, 'binds'), binds.join(''));
     for (const [key, file, content] of [
       ['W_NSSWITCH', 'nsswitch.conf', opts.nsswitch],
       ['W_RESOLV', 'resolv.conf', opts.resolvConf],
