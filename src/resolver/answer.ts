@@ -350,3 +350,37 @@ function apexOffset(query: Buffer, q: QueryFields, zone: Zone): number {
   if (!questionInDomain(query, q, zone.domainWire, zone.domainLabels)) return HEADER_SIZE;
   return q.labelStarts[q.labelCount - zone.domainLabels] ?? HEADER_SIZE;
 }
+
+const UNREACHABLE: Outcome = { kind: 'unreachable' };
+
+function limitOf(q: QueryFields, transport: Transport): number {
+  return transport === 'tcp' ? TCP_MAX : q.udpLimit();
+}
+
+/** The reply when forwarding failed on every upstream: SERVFAIL, with EDE 22 for EDNS clients. */
+export function unreachableReply(query: Buffer, zone: Zone, transport: Transport): Buffer | undefined {
+  if (parseQuery(query, fields) !== 'ok') return undefined;
+  return encode(UNREACHABLE, query, fields, zone, limitOf(fields, transport));
+}
+
+/**
+ * An upstream's response as the client may receive it: unchanged when it fits the client's limit,
+ * else (a TCP-sized answer for a UDP client) its header with TC, the question and our OPT — the same
+ * truncation rule as for our own answers.
+ */
+export function fitForwarded(query: Buffer, response: Buffer, transport: Transport): Buffer | undefined {
+  if (parseQuery(query, fields) !== 'ok') return undefined;
+  const limit = limitOf(fields, transport);
+  if (response.length <= limit) return response;
+  const hasOpt = fields.optOffset >= 0;
+  writer.begin(
+    query,
+    fields,
+    (response[2] ?? 0) | Flag.TC,
+    response[3] ?? 0,
+    limit,
+    hasOpt ? optSize(undefined) : 0,
+  );
+  if (hasOpt) writer.opt(0, fields.dnssecOk, undefined);
+  return writer.finish();
+}
