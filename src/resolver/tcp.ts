@@ -95,7 +95,10 @@ export class TcpConnection {
       this.accept(this.handle(query));
     }
     this.socket.uncork();
-    if (this.waitingForDrain || this.queue.length >= this.limits.maxPending) this.socket.pause();
+    // Unread bytes stay in the kernel while we are blocked (or shutting down): its window, not our
+    // memory, holds the client back.
+    if (this.shuttingDown || this.waitingForDrain || this.queue.length >= this.limits.maxPending)
+      this.socket.pause();
     else this.socket.resume();
     this.endIfIdle();
   }
@@ -134,11 +137,13 @@ export class TcpConnection {
     if (!this.socket.write(frame(bytes))) this.waitingForDrain = true;
   }
 
-  /** Closes our side once the client is done (or we are shutting down) and nothing is owed. */
+  /**
+   * Closes our side once the client is done (or we are shutting down) and nothing is owed; while a
+   * write waits for 'drain', the drain handler comes back here.
+   */
   private endIfIdle(): void {
     if (this.closed || this.queue.length > 0) return;
     if (this.peerEnded || (this.shuttingDown && !this.waitingForDrain)) this.socket.end();
-    else if (this.shuttingDown) this.socket.once('drain', () => this.socket.end());
   }
 
   private onIdle(): void {
