@@ -1,7 +1,7 @@
 import test from 'ava';
 import dgram from 'node:dgram';
 import { once } from 'node:events';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '../src/log.js';
@@ -209,6 +209,7 @@ test('forwarding to the port 0 listener, once bound, is refused too', async (t) 
 
 test('resolv.conf naming only this stub leaves no upstream: exit status 2', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'mymachinesd-resolv-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
   const path = join(dir, 'resolv.conf');
   await writeFile(path, '# only us\nnameserver 127.0.0.1\n');
   const server = new DnsServer({

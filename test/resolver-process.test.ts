@@ -7,7 +7,7 @@
 import test from 'ava';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -121,6 +121,7 @@ test('getaddrinfo through glibc resolves machine names and addresses via the stu
     return;
   }
   const dir = await mkdtemp(join(tmpdir(), 'mymachinesd-gai-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
   const resolv = join(dir, 'resolv.conf');
   const nsswitch = join(dir, 'nsswitch.conf');
   await writeFile(resolv, 'nameserver 127.0.0.1\noptions timeout:2 attempts:1\n');
