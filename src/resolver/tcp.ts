@@ -1,0 +1,159 @@
+/**
+ * One DNS-over-TCP connection (RFC 7766): pipelined queries answered in order, an idle timeout, and
+ * back-pressure in both directions, so a client that never reads cannot make us buffer without bound.
+ *
+ * Reading stops (socket.pause) while a write is waiting for 'drain' or while `maxPending` answers are
+ * outstanding, and starts again when that clears; unread bytes stay in the kernel, whose window then
+ * throttles the client. Answers leave in query order (RFC 7766 §6.2.1.1 permits reordering; we do
+ * not, so simple clients that match by order work too).
+ *
+ * Idle rule: the connection is closed when no complete query has arrived for `idleTimeoutMs` and we
+ * owe the client nothing. Partial bytes do not count as activity, so a client dripping one byte at a
+ * time cannot hold a connection slot for ever; an undrained write does not either.
+ */
+import type { Socket } from 'node:net';
+import { frame, FrameReader } from './framing.js';
+
+/** What the server gives a transport: the answer now, nothing, or the forwarded answer later. */
+export type QueryHandler = (query: Buffer) => Buffer | undefined | Promise<Buffer | undefined>;
+
+export interface TcpLimits {
+  readonly idleTimeoutMs: number;
+  /** Largest query we accept; a larger length prefix closes the connection. */
+  readonly maxQuery: number;
+  /** Answers outstanding (forwarded, or waiting for an earlier one) before we stop reading. */
+  readonly maxPending: number;
+}
+
+interface Slot {
+  bytes: Buffer | undefined;
+  done: boolean;
+}
+
+export class TcpConnection {
+  private readonly reader: FrameReader;
+  /** Answers not yet written, in query order. */
+  private readonly queue: Slot[] = [];
+  private waitingForDrain = false;
+  private peerEnded = false;
+  private shuttingDown = false;
+  private closed = false;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly handle: QueryHandler,
+    private readonly limits: TcpLimits,
+    private readonly onClose: (connection: TcpConnection) => void,
+    private readonly onError: (error: Error) => void,
+  ) {
+    this.reader = new FrameReader(limits.maxQuery);
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => {
+      this.reader.push(chunk);
+      this.pump();
+    });
+    socket.on('drain', () => {
+      this.waitingForDrain = false;
+      this.pump();
+    });
+    socket.on('end', () => {
+      this.peerEnded = true;
+      this.endIfIdle();
+    });
+    socket.on('error', (error) => {
+      this.onError(error);
+    });
+    socket.on('close', () => {
+      this.closed = true;
+      clearTimeout(this.timer);
+      this.onClose(this);
+    });
+    this.timer = setTimeout(() => {
+      this.onIdle();
+    }, limits.idleTimeoutMs);
+  }
+
+  /** Stop reading queries; answer what was asked, then close (server shutdown). */
+  shutdown(): void {
+    this.shuttingDown = true;
+    this.endIfIdle();
+  }
+
+  /** Answers every complete query while nothing blocks us, in one corked write batch. */
+  private pump(): void {
+    if (this.closed) return;
+    this.socket.cork();
+    while (!this.shuttingDown && !this.waitingForDrain && this.queue.length < this.limits.maxPending) {
+      const query = this.reader.next();
+      if (query === 'incomplete') break;
+      if (query === 'oversized') {
+        this.socket.destroy();
+        return;
+      }
+      this.timer.refresh();
+      this.accept(this.handle(query));
+    }
+    this.socket.uncork();
+    // Unread bytes stay in the kernel while we are blocked (or shutting down): its window, not our
+    // memory, holds the client back.
+    if (this.shuttingDown || this.waitingForDrain || this.queue.length >= this.limits.maxPending)
+      this.socket.pause();
+    else this.socket.resume();
+    this.endIfIdle();
+  }
+
+  private accept(result: Buffer | undefined | Promise<Buffer | undefined>): void {
+    if (!(result instanceof Promise)) {
+      if (this.queue.length === 0) this.write(result);
+      else this.queue.push({ bytes: result, done: true });
+      return;
+    }
+    const slot: Slot = { bytes: undefined, done: false };
+    this.queue.push(slot);
+    result.then(
+      (bytes) => {
+        this.settle(slot, bytes);
+      },
+      (error: unknown) => {
+        this.onError(error instanceof Error ? error : new Error(String(error)));
+        this.settle(slot, undefined);
+      },
+    );
+  }
+
+  private settle(slot: Slot, bytes: Buffer | undefined): void {
+    slot.bytes = bytes;
+    slot.done = true;
+    if (this.closed) return;
+    this.socket.cork();
+    while (this.queue[0]?.done) this.write(this.queue.shift()?.bytes);
+    this.socket.uncork();
+    this.pump();
+  }
+
+  private write(bytes: Buffer | undefined): void {
+    if (!bytes || this.closed) return;
+    if (!this.socket.write(frame(bytes))) this.waitingForDrain = true;
+  }
+
+  /**
+   * Closes our side once the client is done (or we are shutting down) and nothing is owed; while a
+   * write waits for 'drain', the drain handler comes back here.
+   */
+  private endIfIdle(): void {
+    if (this.closed || this.queue.length > 0) return;
+    if (this.peerEnded || (this.shuttingDown && !this.waitingForDrain)) this.socket.end();
+  }
+
+  private onIdle(): void {
+    if (this.closed) return;
+    if (this.queue.length > 0 && !this.waitingForDrain) {
+      // Still waiting on an upstream for this client: that is not idleness (the forwarder's own
+      // timeouts bound it).
+      this.timer.refresh();
+      return;
+    }
+    this.socket.destroy();
+  }
+}
