@@ -1,0 +1,507 @@
+/**
+ * A Varlink server on AF_UNIX stream sockets: a method table per interface, `more` streaming,
+ * `oneway`, `org.varlink.service` introspection, limits, and a graceful close. It knows nothing of
+ * what the methods mean; userdb and the daemon's control interface are both plain interfaces.
+ *
+ * Wire behaviour follows systemd 252 (reference §4, checked against the real machined 252):
+ * - bad JSON or a bad call object closes that connection without a reply;
+ * - an unknown method gets MethodNotFound, except oneway, which is dropped and the connection kept;
+ * - a oneway call to a method that replies closes the connection (v252 fails the reply with EBUSY);
+ * - replies always carry a `parameters` object; `continues` only ever answers a `more` call;
+ * - 16 MiB of buffered input (VARLINK_BUFFER_MAX) and 16 MiB of queued output per connection.
+ * Each connection answers its calls one after another, so replies keep call order even when a
+ * handler is asynchronous.
+ */
+import { chmod, lstat, unlink } from 'node:fs/promises';
+import net from 'node:net';
+import type { Logger } from '../log.js';
+import { NulFramer, VARLINK_BUFFER_MAX } from './framing.js';
+import {
+  idlMembers,
+  invalidParameter,
+  isStream,
+  type MethodResult,
+  type VarlinkInterface,
+  type VarlinkMethod,
+  type VarlinkStream,
+} from './interface.js';
+import { orgVarlinkService, type ServiceInfo } from './introspection.js';
+import { readJson } from './json.js';
+import {
+  encodeReply,
+  parseCall,
+  VarlinkErrors,
+  type ReplyParameters,
+  type VarlinkReply,
+} from './protocol.js';
+
+export interface VarlinkServerOptions {
+  readonly logger: Logger;
+  /** What GetInfo reports. */
+  readonly info?: Partial<ServiceInfo>;
+  /** Open connections at most; more are closed at once (systemd's default total limit: 4096). */
+  readonly maxConnections?: number;
+  /** Buffered input per connection, incomplete message and queued calls together. */
+  readonly maxInputBytes?: number;
+  /** Output queued per connection for a peer that does not read; beyond it the peer is dropped. */
+  readonly maxOutputBytes?: number;
+  /** How long close() lets in-flight replies finish before it drops the remaining connections. */
+  readonly closeTimeoutMs?: number;
+}
+
+export interface ListenOptions {
+  /** Permission bits of the socket file; machined's userdb socket is 0666 (reference §2.1). */
+  readonly mode?: number;
+}
+
+/** Why `listen` refused a path (errors from bind itself, e.g. EACCES, are passed through). */
+export class ListenError extends Error {
+  constructor(
+    readonly reason: 'in-use' | 'not-a-socket',
+    readonly path: string,
+  ) {
+    super(
+      reason === 'in-use'
+        ? `${path}: another process is serving on this socket`
+        : `${path}: exists and is not a socket`,
+    );
+    this.name = 'ListenError';
+  }
+}
+
+export const DEFAULT_MAX_CONNECTIONS = 4096;
+const DEFAULT_CLOSE_TIMEOUT_MS = 5000;
+const DEFAULT_INFO: ServiceInfo = { vendor: 'mymachinesd', product: 'mymachinesd', version: '0', url: '' };
+
+interface Route {
+  readonly method: VarlinkMethod;
+  readonly iface: VarlinkInterface;
+}
+
+/** What a connection needs from its server. */
+interface ConnectionHost {
+  readonly logger: Logger;
+  readonly maxInputBytes: number;
+  readonly maxOutputBytes: number;
+  route(method: string): Route | undefined;
+  forget(connection: Connection): void;
+}
+
+export class VarlinkServer {
+  private readonly logger: Logger;
+  private readonly routes = new Map<string, Route>();
+  private readonly interfaces = new Map<string, VarlinkInterface>();
+  private readonly listeners: net.Server[] = [];
+  private readonly connections = new Set<Connection>();
+  private readonly host: ConnectionHost;
+  private readonly maxConnections: number;
+  private readonly closeTimeoutMs: number;
+  private nextConnectionId = 1;
+  private closing: Promise<void> | undefined;
+
+  constructor(options: VarlinkServerOptions) {
+    this.logger = options.logger;
+    this.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    this.closeTimeoutMs = options.closeTimeoutMs ?? DEFAULT_CLOSE_TIMEOUT_MS;
+    this.host = {
+      logger: options.logger,
+      maxInputBytes: options.maxInputBytes ?? VARLINK_BUFFER_MAX,
+      maxOutputBytes: options.maxOutputBytes ?? VARLINK_BUFFER_MAX,
+      route: (name) => this.routes.get(name),
+      forget: (connection) => this.connections.delete(connection),
+    };
+    this.addInterface(
+      orgVarlinkService(
+        { ...DEFAULT_INFO, ...options.info },
+        {
+          names: () => [...this.interfaces.keys()],
+          description: (name) => this.interfaces.get(name)?.description,
+        },
+      ),
+    );
+  }
+
+  /** Open connections right now. */
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /**
+   * Serves an interface. Every method must be named `<interface>.<Method>` and be declared by the
+   * interface's description text, so that introspection never disagrees with the method table.
+   */
+  addInterface(iface: VarlinkInterface): void {
+    if (this.interfaces.has(iface.name)) throw new Error(`interface ${iface.name} is already served`);
+    const declared = idlMembers(iface.description);
+    if (declared.name !== iface.name)
+      throw new Error(`description of ${iface.name} declares interface '${declared.name}'`);
+    const entries = Object.entries(iface.methods);
+    for (const [name] of entries) {
+      const dot = name.lastIndexOf('.');
+      if (name.slice(0, dot) !== iface.name || !declared.methods.has(name.slice(dot + 1)))
+        throw new Error(`${name} is not a method declared by interface ${iface.name}`);
+    }
+    this.interfaces.set(iface.name, iface);
+    for (const [name, method] of entries) this.routes.set(name, { method, iface });
+  }
+
+  /**
+   * Listens on a socket path. A stale socket file (nobody accepting) is replaced, as machined does;
+   * a live one or a non-socket is refused with a ListenError.
+   */
+  async listen(path: string, options: ListenOptions = {}): Promise<void> {
+    await removeStaleSocket(path);
+    const server = this.netServer();
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(path, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.listeners.push(server);
+    await chmod(path, options.mode ?? 0o666);
+    this.logger.info(`varlink: listening on ${path}`);
+  }
+
+  /** Listens on an inherited, already bound socket (systemd socket activation). */
+  async listenFd(fd: number): Promise<void> {
+    const server = this.netServer();
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ fd }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.listeners.push(server);
+    this.logger.info(`varlink: listening on inherited fd ${fd}`);
+  }
+
+  /**
+   * Graceful stop: accept nothing more, let each connection finish the call it is answering, then
+   * end it; after `closeTimeoutMs` the rest are dropped. Socket files we bound are removed (libuv
+   * unlinks a pipe server's path when it closes).
+   */
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
+    const stopped = this.listeners.map(
+      (server) =>
+        new Promise<void>((resolve) =>
+          server.close(() => {
+            resolve();
+          }),
+        ),
+    );
+    const connections = [...this.connections];
+    for (const connection of connections) connection.shutdown();
+    const timer = setTimeout(() => {
+      for (const connection of this.connections) connection.destroy('close timeout');
+    }, this.closeTimeoutMs);
+    try {
+      await Promise.all([...stopped, ...connections.map((c) => c.closed)]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private netServer(): net.Server {
+    const server = net.createServer((socket) => {
+      this.accept(socket);
+    });
+    server.on('error', (err) => {
+      this.logger.error(`varlink: listener failed: ${err.message}`);
+    });
+    return server;
+  }
+
+  private accept(socket: net.Socket): void {
+    const id = this.nextConnectionId++;
+    if (this.closing !== undefined || this.connections.size >= this.maxConnections) {
+      if (this.logger.enabled('debug'))
+        this.logger.debug(
+          `varlink: connection ${id} refused (${this.connections.size} open, closing: ${this.closing !== undefined})`,
+        );
+      socket.destroy();
+      return;
+    }
+    this.connections.add(new Connection(socket, this.host, id));
+  }
+}
+
+/**
+ * One client connection: frames in, calls answered strictly one after the other, replies out.
+ *
+ * States: open → (protocol violation | server closing) → ending → closed. `busy` is true while a
+ * call is being answered asynchronously (a promise, a stream, or output waiting for `drain`);
+ * meanwhile further calls wait in `queue`.
+ */
+class Connection {
+  readonly closed: Promise<void>;
+  private state: 'open' | 'ending' | 'closed' = 'open';
+  private readonly framer: NulFramer;
+  private readonly queue: Buffer[] = [];
+  private queuedBytes = 0;
+  private busy = false;
+  private drainWaiters: (() => void)[] = [];
+
+  constructor(
+    private readonly socket: net.Socket,
+    private readonly host: ConnectionHost,
+    private readonly id: number,
+  ) {
+    this.framer = new NulFramer(host.maxInputBytes);
+    let markClosed: () => void = () => undefined;
+    this.closed = new Promise<void>((resolve) => (markClosed = resolve));
+    socket.on('data', (chunk: Buffer) => {
+      this.receive(chunk);
+    });
+    socket.on('drain', () => {
+      this.wakeDrainWaiters();
+    });
+    socket.on('error', (err) => {
+      this.debug(`socket error: ${err.message}`);
+    });
+    socket.on('close', () => {
+      this.state = 'closed';
+      this.queue.length = 0;
+      this.wakeDrainWaiters();
+      host.forget(this);
+      markClosed();
+    });
+  }
+
+  /** Server is closing: finish the call in progress, answer nothing new, then end. */
+  shutdown(): void {
+    if (this.state !== 'open') return;
+    this.state = 'ending';
+    this.dropQueue();
+    if (!this.busy) this.end();
+  }
+
+  destroy(reason: string): void {
+    this.debug(`dropped: ${reason}`);
+    this.socket.destroy();
+  }
+
+  private receive(chunk: Buffer): void {
+    if (this.state !== 'open') return;
+    const framed = this.framer.push(chunk);
+    if (framed.kind === 'overflow') {
+      this.violation(`more than ${this.host.maxInputBytes} bytes without a NUL`);
+      return;
+    }
+    for (const message of framed.messages) {
+      this.queue.push(message);
+      this.queuedBytes += message.length;
+    }
+    if (this.queuedBytes + this.framer.bufferedBytes > this.host.maxInputBytes) {
+      this.violation(`more than ${this.host.maxInputBytes} bytes of unanswered input`);
+      return;
+    }
+    this.pump();
+  }
+
+  /** Answers queued calls in order until one goes asynchronous or the peer stops reading. */
+  private pump(): void {
+    while (!this.busy && this.state === 'open') {
+      if (this.socket.writableNeedDrain) {
+        // The peer is not reading: stop reading its calls too, until our output drains.
+        this.socket.pause();
+        this.busy = true;
+        this.waitForDrain().then(() => {
+          this.resume();
+        }, this.fail);
+        return;
+      }
+      const message = this.queue.shift();
+      if (message === undefined) return;
+      this.queuedBytes -= message.length;
+      let pending: Promise<void> | undefined;
+      try {
+        pending = this.handle(message);
+      } catch (err: unknown) {
+        this.fail(err);
+        return;
+      }
+      if (pending !== undefined) {
+        this.busy = true;
+        pending.then(() => {
+          this.resume();
+        }, this.fail);
+      }
+    }
+  }
+
+  private resume(): void {
+    this.busy = false;
+    if (this.state === 'ending') {
+      this.end();
+      return;
+    }
+    if (this.state === 'open') this.socket.resume();
+    this.pump();
+  }
+
+  /** A handler threw: that is our bug, not the client's. Log it and drop this connection only. */
+  private readonly fail = (err: unknown): void => {
+    const text = err instanceof Error ? (err.stack ?? err.message) : String(err);
+    this.host.logger.error(`varlink: connection ${this.id}: internal error, dropping it: ${text}`);
+    this.socket.destroy();
+  };
+
+  /** Returns a promise only when the answer is not complete yet. */
+  private handle(message: Buffer): Promise<void> | undefined {
+    const read = readJson(message);
+    if (!read.ok) {
+      this.violation(`invalid JSON (${read.error} at offset ${read.offset})`);
+      return undefined;
+    }
+    const parsed = parseCall(read.node);
+    if (!parsed.ok) {
+      this.violation(`invalid call object (${parsed.violation})`);
+      return undefined;
+    }
+    const call = parsed.call;
+    const route = this.host.route(call.method);
+    if (route === undefined) {
+      // v252 drops a oneway call to an unknown method and keeps the connection (reference §4.5).
+      if (call.oneway) this.debug(`oneway call to unknown method ${call.method} ignored`);
+      else this.send({ error: VarlinkErrors.MethodNotFound, parameters: { method: call.method } });
+      return undefined;
+    }
+    if (call.oneway) {
+      // Every method we serve replies; v252 then fails the reply with EBUSY and closes (§4.5).
+      this.violation(`oneway call to ${call.method}, which replies`);
+      return undefined;
+    }
+    const invocation = route.method.invoke(call.parameters, call.parameterValues, {
+      method: call.method,
+      more: call.more,
+    });
+    if (invocation.kind === 'parameter-problem') {
+      this.send((route.iface.parameterError ?? invalidParameter)(invocation.problem));
+      return undefined;
+    }
+    const result = invocation.result;
+    if (result instanceof Promise) return result.then((r) => this.answer(r, call.more));
+    return this.answer(result, call.more);
+  }
+
+  private answer(result: MethodResult, more: boolean): Promise<void> | undefined {
+    if (!isStream(result)) {
+      this.send(result);
+      return undefined;
+    }
+    // A stream is only legal for `more` calls: `continues` on a plain call makes clients drop us.
+    if (!more) {
+      this.send({ error: VarlinkErrors.ExpectedMore, parameters: {} });
+      return undefined;
+    }
+    return this.sendStream(result);
+  }
+
+  /** Holds back one item so that the last one goes out without `continues` (reference §4.4). */
+  private async sendStream(result: VarlinkStream): Promise<void> {
+    let previous: ReplyParameters | undefined;
+    for await (const item of result.stream) {
+      if (this.state === 'closed') return;
+      if (previous !== undefined) {
+        this.write(encodeReply({ parameters: previous }, true));
+        if (this.socket.writableNeedDrain) await this.waitForDrain();
+      }
+      previous = item;
+    }
+    this.send(previous === undefined ? result.whenEmpty : { parameters: previous });
+  }
+
+  private send(reply: VarlinkReply): void {
+    this.write(encodeReply(reply, false));
+  }
+
+  private write(text: string): void {
+    if (this.state === 'closed' || !this.socket.writable) return;
+    this.socket.write(text + '\0');
+    if (this.socket.writableLength > this.host.maxOutputBytes)
+      this.destroy(`peer does not read: more than ${this.host.maxOutputBytes} bytes of output queued`);
+  }
+
+  /** Resolves on `drain` or when the socket closes, so that nothing waits forever. */
+  private waitForDrain(): Promise<void> {
+    if (this.state === 'closed') return Promise.resolve();
+    return new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  private wakeDrainWaiters(): void {
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  /** Bad input: no reply, close this connection only (reference §4.1, §4.2). */
+  private violation(reason: string): void {
+    this.debug(`protocol violation, closing: ${reason}`);
+    this.state = 'ending';
+    this.dropQueue();
+    this.end();
+  }
+
+  private dropQueue(): void {
+    this.queue.length = 0;
+    this.queuedBytes = 0;
+  }
+
+  /** Sends what is already queued, then closes the socket (also if the peer keeps it open). */
+  private end(): void {
+    if (this.socket.writableEnded) return;
+    this.socket.pause();
+    this.socket.end();
+    if (this.socket.writableFinished) this.socket.destroy();
+    else this.socket.once('finish', () => this.socket.destroy());
+  }
+
+  private debug(message: string): void {
+    if (this.host.logger.enabled('debug'))
+      this.host.logger.debug(`varlink: connection ${this.id}: ${message}`);
+  }
+}
+
+/** machined unlinks whatever is at its path; we only replace a socket nobody accepts on. */
+async function removeStaleSocket(path: string): Promise<void> {
+  let isSocket: boolean;
+  try {
+    isSocket = (await lstat(path)).isSocket();
+  } catch (err: unknown) {
+    if (isErrno(err, 'ENOENT')) return;
+    throw err;
+  }
+  if (!isSocket) throw new ListenError('not-a-socket', path);
+  if (await acceptsConnections(path)) throw new ListenError('in-use', path);
+  try {
+    await unlink(path);
+  } catch (err: unknown) {
+    if (!isErrno(err, 'ENOENT')) throw err;
+  }
+}
+
+function acceptsConnections(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.createConnection(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    // ECONNREFUSED: a leftover socket file; any other failure: treat it as not live either.
+    probe.once('error', () => {
+      resolve(false);
+    });
+  });
+}
+
+function isErrno(err: unknown, code: string): boolean {
+  return err instanceof Error && 'code' in err && err.code === code;
+}
