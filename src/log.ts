@@ -73,4 +73,16 @@ export function memoryLogger(
   return Object.assign(logger, { lines, waitFor });
 }
 
+/** The same logger with every message prefixed (e.g. `dns: `), so each line names its part. */
+export function withPrefix(logger: Logger, prefix: string): Logger {
+  return {
+    level: logger.level,
+    enabled: (level) => logger.enabled(level),
+    error: (m) => logger.error(prefix + m),
+    warn: (m) => logger.warn(prefix + m),
+    info: (m) => logger.info(prefix + m),
+    debug: (m) => logger.debug(prefix + m),
+  };
+}
+
 export const silentLogger: Logger = createLogger('error', () => undefined);

@@ -2,43 +2,30 @@
  * The command line (DESIGN.md §3): parsing and validation, pure. Any problem is a `UsageError`
  * with a one-line reason; `main.ts` prints it and exits 2.
  */
-import { isIP } from 'node:net';
 import { systemBusAddress } from '../registry-client/bus.js';
+import { DEFAULT_LISTEN, parseListenAddress, parseUpstream } from '../resolver/config.js';
+import { parseNet } from '../resolver/nets.js';
 import { isLogLevel, type LogLevel } from '../log.js';
 
 export class UsageError extends Error {
   override readonly name = 'UsageError';
 }
 
-export interface ListenAddress {
-  readonly host: string;
-  readonly port: number;
-}
-
-/** An upstream DNS server, or `resolv.conf` (its nameservers, read at start). */
-export type ForwardSpec =
-  | { readonly kind: 'server'; readonly host: string; readonly port: number }
-  | { readonly kind: 'resolv.conf' };
-
-export interface Cidr {
-  readonly text: string;
-  readonly address: string;
-  readonly prefix: number;
-}
-
 export interface ServeConfig {
   readonly command: 'serve';
   readonly busAddress: string;
-  /** Empty with --no-dns. */
-  readonly dns: readonly ListenAddress[];
+  /** `HOST:PORT` / `[V6]:PORT` as given (validated); empty with --no-dns. */
+  readonly dns: readonly string[];
   readonly dnsEnabled: boolean;
   readonly domain: string;
-  readonly forward: readonly ForwardSpec[];
+  /** `ADDR[:PORT]`, `[V6]:PORT` or `resolv.conf`, as given (validated). */
+  readonly forward: readonly string[];
   readonly ttl: number;
   readonly includeLinkLocal: boolean;
-  readonly excludeNets: readonly Cidr[];
-  /** undefined = default (loopback and the host's own addresses). */
-  readonly allowNets: readonly Cidr[] | undefined;
+  /** CIDRs as given (validated). */
+  readonly excludeNets: readonly string[];
+  /** undefined = the stub's default (loopback and the host's own addresses). */
+  readonly allowNets: readonly string[] | undefined;
   readonly userdb: string | undefined;
   readonly control: string | undefined;
   readonly logLevel: LogLevel;
@@ -76,7 +63,7 @@ export type Config =
   | { readonly command: 'help' }
   | { readonly command: 'version' };
 
-export const DEFAULT_DNS: ListenAddress = { host: '127.0.0.153', port: 53 };
+export const DEFAULT_DNS = DEFAULT_LISTEN;
 export const DEFAULT_DOMAIN = 'machine';
 export const DEFAULT_USERDB = '/run/systemd/userdb/io.mymachinesd.Machine';
 export const DEFAULT_CONTROL = '/run/mymachinesd/io.mymachinesd.Control';
@@ -87,7 +74,7 @@ export const USAGE = `usage:
   mymachinesd serve [options]
       --bus ADDRESS          machined's bus (default: $DBUS_SYSTEM_BUS_ADDRESS, else the system bus)
       --dns HOST:PORT        DNS listen address, UDP and TCP; repeatable; [::1]:PORT for IPv6;
-                             port 0 = any free port (default ${DEFAULT_DNS.host}:${DEFAULT_DNS.port})
+                             port 0 = any free port (default ${DEFAULT_DNS})
       --no-dns               serve no DNS
       --domain NAME          zone served authoritatively (default "${DEFAULT_DOMAIN}")
       --forward SPEC         upstream for other names: ADDR[:PORT], [ADDR6]:PORT (repeatable) or
@@ -114,40 +101,21 @@ export const USAGE = `usage:
   mymachinesd --help | --version
 `;
 
-/** `HOST:PORT`, `[V6]:PORT`; with `defaultPort` the port may be left out. */
-export function parseHostPort(text: string, defaultPort?: number): ListenAddress {
-  let host: string;
-  let portText: string | undefined;
-  const bracket = /^\[([^\]]+)\](?::(\d+))?$/.exec(text);
-  if (bracket) {
-    host = bracket[1] ?? '';
-    portText = bracket[2];
-    if (isIP(host) !== 6) throw new UsageError(`"${text}": not an IPv6 address in brackets`);
-  } else if (isIP(text) === 6) {
-    host = text; // a bare IPv6 address: no port can follow unambiguously
-  } else {
-    const colon = text.lastIndexOf(':');
-    host = colon < 0 ? text : text.slice(0, colon);
-    portText = colon < 0 ? undefined : text.slice(colon + 1);
-    if (isIP(host) !== 4) throw new UsageError(`"${text}": expected IPV4:PORT or [IPV6]:PORT`);
-  }
-  if (host.includes('%')) throw new UsageError(`"${text}": zone ids are not supported`);
-  if (portText === undefined) {
-    if (defaultPort === undefined) throw new UsageError(`"${text}": a port is required`);
-    return { host, port: defaultPort };
-  }
-  if (!/^\d{1,5}$/.test(portText) || Number(portText) > 65535) throw new UsageError(`"${text}": bad port`);
-  return { host, port: Number(portText) };
+// Addresses and prefixes are checked with the stub's own parsers: one definition of what it accepts.
+function listenAddress(text: string): string {
+  if (!parseListenAddress(text)) throw new UsageError(`--dns "${text}": expected IPV4:PORT or [IPV6]:PORT`);
+  return text;
 }
 
-export function parseCidr(text: string): Cidr {
-  const m = /^([^/]+)\/(\d{1,3})$/.exec(text);
-  const address = m?.[1] ?? '';
-  const family = isIP(address);
-  const prefix = Number(m?.[2]);
-  if (!m || family === 0 || prefix > (family === 4 ? 32 : 128))
-    throw new UsageError(`"${text}": expected ADDRESS/PREFIX (e.g. 10.0.0.0/8, fd00::/8)`);
-  return { text, address, prefix };
+function upstream(text: string): string {
+  if (text !== 'resolv.conf' && !parseUpstream(text))
+    throw new UsageError(`--forward "${text}": expected ADDR[:PORT], [IPV6]:PORT or resolv.conf`);
+  return text;
+}
+
+function net(flag: string, text: string): string {
+  if (!parseNet(text)) throw new UsageError(`${flag} "${text}": expected ADDRESS/PREFIX (e.g. 10.0.0.0/8, fd00::/8)`);
+  return text;
 }
 
 /** A DNS domain: labels of letters, digits, `-` and `_`, 1–63 bytes, 253 in all; trailing dot dropped. */
@@ -228,14 +196,14 @@ export function parseArgs(argv: readonly string[], env: NodeJS.ProcessEnv = proc
 function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): ServeConfig {
   const args = new Args(argv);
   let busAddress = systemBusAddress(env);
-  const dns: ListenAddress[] = [];
+  const dns: string[] = [];
   let dnsEnabled = true;
   let domain = DEFAULT_DOMAIN;
-  const forward: ForwardSpec[] = [];
+  const forward: string[] = [];
   let ttl = 0;
   let includeLinkLocal = false;
-  const excludeNets: Cidr[] = [];
-  let allowNets: Cidr[] | undefined;
+  const excludeNets: string[] = [];
+  let allowNets: string[] | undefined;
   let userdb: string | undefined = DEFAULT_USERDB;
   let control: string | undefined = DEFAULT_CONTROL;
   let logLevel: LogLevel = 'info';
@@ -253,7 +221,7 @@ function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): ServeConfi
           );
         break;
       case '--dns':
-        dns.push(parseHostPort(args.value(flag, inline)));
+        dns.push(listenAddress(args.value(flag, inline)));
         break;
       case '--no-dns':
         noValue(flag, inline);
@@ -262,13 +230,9 @@ function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): ServeConfi
       case '--domain':
         domain = parseDomain(args.value(flag, inline));
         break;
-      case '--forward': {
-        const spec = args.value(flag, inline);
-        forward.push(
-          spec === 'resolv.conf' ? { kind: 'resolv.conf' } : { kind: 'server', ...parseHostPort(spec, 53) },
-        );
+      case '--forward':
+        forward.push(upstream(args.value(flag, inline)));
         break;
-      }
       case '--ttl':
         ttl = parseSeconds(flag, args.value(flag, inline), 0);
         break;
@@ -277,10 +241,10 @@ function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): ServeConfi
         includeLinkLocal = true;
         break;
       case '--exclude-net':
-        excludeNets.push(parseCidr(args.value(flag, inline)));
+        excludeNets.push(net(flag, args.value(flag, inline)));
         break;
       case '--allow-net':
-        (allowNets ??= []).push(parseCidr(args.value(flag, inline)));
+        (allowNets ??= []).push(net(flag, args.value(flag, inline)));
         break;
       case '--userdb':
         userdb = absolutePath(flag, args.value(flag, inline));

@@ -3,44 +3,45 @@
  * table rendering for people. Addresses are given the way a socket would use them: a link-local
  * IPv6 address carries its scope as `%<interface>` (getaddrinfo's text form), which DNS cannot do.
  */
+import { z } from 'zod';
 import type { MachineAddress, MachineRecord, RegistryView } from '../registry-client/view.js';
 
-export interface ControlAddress {
-  readonly address: string;
-  readonly family: 4 | 6;
+const controlAddressSchema = z.object({
+  address: z.string(),
+  family: z.union([z.literal(4), z.literal(6)]),
   /** What to connect to: `fe80::1%ve-web1` for a scoped link-local address, else the address. */
-  readonly socketAddress: string;
+  socketAddress: z.string(),
   /** sin6_scope_id: the ifindex (0 = none), as nss-mymachines sets it. */
-  readonly scope: number;
-  readonly interface: string | null;
-  readonly linkLocal: boolean;
-}
+  scope: z.number(),
+  interface: z.string().nullable(),
+  linkLocal: z.boolean(),
+});
+export type ControlAddress = z.infer<typeof controlAddressSchema>;
 
-export interface ControlIdRange {
-  readonly inner: number;
-  readonly outer: number;
-  readonly count: number;
-}
+const controlIdRangeSchema = z.object({ inner: z.number(), outer: z.number(), count: z.number() });
+export type ControlIdRange = z.infer<typeof controlIdRangeSchema>;
 
-export interface ControlMachine {
-  readonly name: string;
-  readonly class: string;
-  readonly service: string;
-  readonly state: string;
-  readonly leader: number;
-  readonly leaderAlive: boolean;
-  readonly unit: string;
-  readonly rootDirectory: string;
-  readonly id: string;
-  readonly interfaces: readonly { readonly ifindex: number; readonly name: string | null }[];
-  readonly addresses: readonly ControlAddress[];
-  readonly addressSource: string;
-  readonly addressError: string | null;
-  readonly uidRanges: readonly ControlIdRange[] | null;
-  readonly gidRanges: readonly ControlIdRange[] | null;
+/** One machine as the control socket reports it; the CLI parses replies with this same schema. */
+export const controlMachineSchema = z.object({
+  name: z.string(),
+  class: z.string(),
+  service: z.string(),
+  state: z.string(),
+  leader: z.number(),
+  leaderAlive: z.boolean(),
+  unit: z.string(),
+  rootDirectory: z.string(),
+  id: z.string(),
+  interfaces: z.array(z.object({ ifindex: z.number(), name: z.string().nullable() })),
+  addresses: z.array(controlAddressSchema),
+  addressSource: z.string(),
+  addressError: z.string().nullable(),
+  uidRanges: z.array(controlIdRangeSchema).nullable(),
+  gidRanges: z.array(controlIdRangeSchema).nullable(),
   /** Why this machine has no vu-/vg- names, or null when it has them. */
-  readonly userdbProblem: string | null;
-}
+  userdbProblem: z.string().nullable(),
+});
+export type ControlMachine = z.infer<typeof controlMachineSchema>;
 
 export function controlAddress(machine: MachineRecord, a: MachineAddress): ControlAddress {
   const ifname = machine.networkInterfaces.find((n) => n.ifindex === a.scope)?.name ?? null;

@@ -1,0 +1,108 @@
+/**
+ * `io.mymachinesd.Control`: the control socket behind `mymachinesd list` and `resolve`. Read-only
+ * by construction: its only methods report the view and the registry's status.
+ */
+import { z } from 'zod';
+import { method, type VarlinkInterface } from '../varlink/interface.js';
+import { parameters } from '../varlink/parameters.js';
+import type { RegistryStatus } from '../registry-client/sync.js';
+import type { MachineRecord, RegistryView } from '../registry-client/view.js';
+import { controlMachine, findMachine } from './control.js';
+
+export const CONTROL_INTERFACE = 'io.mymachinesd.Control';
+
+export const CONTROL_IDL = `# Read-only view of mymachinesd: the machines it follows, as it serves them.
+interface io.mymachinesd.Control
+
+type Interface (ifindex: int, name: ?string)
+
+# An address as a socket uses it: link-local IPv6 addresses carry their scope
+# (socketAddress "fe80::1%ve-web1"), which DNS answers cannot.
+type Address (
+  address: string,
+  family: int,
+  socketAddress: string,
+  scope: int,
+  interface: ?string,
+  linkLocal: bool
+)
+
+# One line of the leader's uid_map or gid_map.
+type IdRange (inner: int, outer: int, count: int)
+
+type Machine (
+  name: string,
+  class: string,
+  service: string,
+  state: string,
+  leader: int,
+  leaderAlive: bool,
+  unit: string,
+  rootDirectory: string,
+  id: string,
+  interfaces: []Interface,
+  addresses: []Address,
+  addressSource: string,
+  addressError: ?string,
+  uidRanges: ?[]IdRange,
+  gidRanges: ?[]IdRange,
+  userdbProblem: ?string
+)
+
+type Status (
+  busConnected: bool,
+  machinedOwner: ?string,
+  lastSyncAt: int,
+  lastSyncMs: int,
+  machines: int,
+  lastError: ?string
+)
+
+# Every machine, in registration order, and how the registry is doing.
+method List() -> (machines: []Machine, status: Status)
+
+# One machine: by its exact name, without the zone suffix, or case-insensitively
+# when that is unambiguous.
+method Resolve(name: string) -> (machine: Machine)
+
+error NoSuchMachine (name: string)
+error AmbiguousName (name: string, candidates: []string)
+`;
+
+export interface ControlDeps {
+  readonly view: RegistryView;
+  readonly status: () => RegistryStatus;
+  readonly domain: string;
+  /** Why a container gets no vu-/vg- names (from the userdb module), undefined when it does. */
+  readonly userdbProblem: (machine: MachineRecord) => string | undefined;
+}
+
+export function controlInterface(deps: ControlDeps): VarlinkInterface {
+  const served = (m: MachineRecord): ReturnType<typeof controlMachine> => controlMachine(m, deps.userdbProblem);
+  return {
+    name: CONTROL_INTERFACE,
+    description: CONTROL_IDL,
+    methods: {
+      [`${CONTROL_INTERFACE}.List`]: method(parameters({}), () => {
+        const s = deps.status();
+        return {
+          parameters: {
+            machines: deps.view.all().filter((m) => m.class !== 'host').map(served),
+            status: { ...s, machinedOwner: s.machinedOwner ?? null, lastError: s.lastError ?? null },
+          },
+        };
+      }),
+      [`${CONTROL_INTERFACE}.Resolve`]: method(parameters({ name: z.string() }), ({ name }) => {
+        const found = findMachine(deps.view, name, deps.domain);
+        switch (found.kind) {
+          case 'found':
+            return { parameters: { machine: served(found.machine) } };
+          case 'unknown':
+            return { error: `${CONTROL_INTERFACE}.NoSuchMachine`, parameters: { name } };
+          case 'ambiguous':
+            return { error: `${CONTROL_INTERFACE}.AmbiguousName`, parameters: { name, candidates: found.candidates } };
+        }
+      }),
+    },
+  };
+}
