@@ -70,6 +70,8 @@ export class ListenError extends Error {
 }
 
 export const DEFAULT_MAX_CONNECTIONS = 4096;
+/** machined listens with SOMAXCONN (4096 on current kernels; the kernel caps it at net.core.somaxconn). */
+const LISTEN_BACKLOG = 4096;
 const DEFAULT_CLOSE_TIMEOUT_MS = 5000;
 const DEFAULT_INFO: ServiceInfo = { vendor: 'mymachinesd', product: 'mymachinesd', version: '0', url: '' };
 
@@ -154,7 +156,7 @@ export class VarlinkServer {
     const server = this.netServer();
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(path, () => {
+      server.listen({ path, backlog: LISTEN_BACKLOG }, () => {
         server.off('error', reject);
         resolve();
       });
