@@ -212,7 +212,9 @@ export class VarlinkServer {
   }
 
   private netServer(): net.Server {
-    const server = net.createServer((socket) => {
+    // allowHalfOpen: a client may shut down its sending side after its last call (nc, socat) and
+    // still expects every reply; the connection is ended once those are written.
+    const server = net.createServer({ allowHalfOpen: true }, (socket) => {
       this.accept(socket);
     });
     server.on('error', (err) => {
@@ -249,6 +251,8 @@ class Connection {
   private readonly queue: Buffer[] = [];
   private queuedBytes = 0;
   private busy = false;
+  /** The peer shut down its sending side: end ours once its calls are answered. */
+  private inputEnded = false;
   private drainWaiters: (() => void)[] = [];
 
   constructor(
@@ -261,6 +265,10 @@ class Connection {
     this.closed = new Promise<void>((resolve) => (markClosed = resolve));
     socket.on('data', (chunk: Buffer) => {
       this.receive(chunk);
+    });
+    socket.on('end', () => {
+      this.inputEnded = true;
+      this.pump();
     });
     socket.on('drain', () => {
       this.wakeDrainWaiters();
@@ -321,7 +329,10 @@ class Connection {
         return;
       }
       const message = this.queue.shift();
-      if (message === undefined) return;
+      if (message === undefined) {
+        if (this.inputEnded) this.end();
+        return;
+      }
       this.queuedBytes -= message.length;
       let pending: Promise<void> | undefined;
       try {
