@@ -83,8 +83,6 @@ export function isValidGecos(text: string): boolean {
 
 // ---- the two kinds of records, as data -------------------------------------------------------------
 
-export type RecordKind = 'user' | 'group';
-
 interface KindRules<R> {
   readonly prefix: 'vu-' | 'vg-';
   readonly map: (m: MachineRecord) => readonly IdRange[] | undefined;

@@ -28,8 +28,6 @@ export type JsonNode =
   | { readonly kind: 'array'; readonly value: JsonValue[] }
   | { readonly kind: 'scalar'; readonly value: JsonScalar };
 
-export type JsonObjectNode = Extract<JsonNode, { kind: 'object' }>;
-
 export type JsonReadError =
   /** Bytes that are not UTF-8 (overlong forms, surrogates, > U+10FFFF included). */
   | 'invalid-utf8'
