@@ -100,6 +100,22 @@ test('replies keep call order on a connection even when the first handler is asy
   peer.close();
 });
 
+test('a client that shuts down its sending side still gets every reply, then the connection ends', async (t) => {
+  const { path, release } = await exampleServer(t);
+  const peer = await RawPeer.connect(path);
+  peer.send(call('org.example.test.Wait', { key: 'w' }) + call('org.example.test.Echo', { text: 'e' }));
+  peer.socket.end();
+  // Answer only after the server has seen the end of input: a round trip on another connection.
+  const other = await VarlinkClient.connect(path);
+  await other.call('org.example.test.Echo', { text: '' });
+  other.close();
+  release('w');
+  t.deepEqual(await peer.untilClosed(), {
+    messages: ['{"parameters":{"key":"w"}}', '{"parameters":{"text":"e"}}'],
+    partial: '',
+  });
+});
+
 test('a more call streams with continues on all but the last reply', async (t) => {
   const { path } = await exampleServer(t);
   const peer = await RawPeer.connect(path);

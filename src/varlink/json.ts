@@ -28,8 +28,6 @@ export type JsonNode =
   | { readonly kind: 'array'; readonly value: JsonValue[] }
   | { readonly kind: 'scalar'; readonly value: JsonScalar };
 
-export type JsonObjectNode = Extract<JsonNode, { kind: 'object' }>;
-
 export type JsonReadError =
   /** Bytes that are not UTF-8 (overlong forms, surrogates, > U+10FFFF included). */
   | 'invalid-utf8'
@@ -259,9 +257,8 @@ class Parser {
         return out;
       }
       if (c === 0x5c /* \ */) {
-        out += t.slice(runStart, p);
-        p = this.escape(p + 1, (s) => (out += s));
-        runStart = p;
+        out += t.slice(runStart, p) + this.escape(p + 1);
+        p = runStart = this.pos;
         continue;
       }
       // Control characters and, as systemd 252 does, DEL must be escaped; NaN: unterminated string.
@@ -273,54 +270,31 @@ class Parser {
     }
   }
 
-  /** Decodes the escape whose letter is at `p`; returns the position after it. */
-  private escape(p: number, emit: (s: string) => void): number {
+  /** Decodes the escape whose letter is at `p` and leaves `pos` after it. */
+  private escape(p: number): string {
     const t = this.text;
     const c = t.charCodeAt(p);
-    switch (c) {
-      case 0x22:
-        emit('"');
-        return p + 1;
-      case 0x5c:
-        emit('\\');
-        return p + 1;
-      case 0x2f:
-        emit('/');
-        return p + 1;
-      case 0x62:
-        emit('\b');
-        return p + 1;
-      case 0x66:
-        emit('\f');
-        return p + 1;
-      case 0x6e:
-        emit('\n');
-        return p + 1;
-      case 0x72:
-        emit('\r');
-        return p + 1;
-      case 0x74:
-        emit('\t');
-        return p + 1;
-      case 0x75 /* u */: {
-        const unit = this.hex4(p + 1);
-        // systemd refuses NUL in strings (they are C strings) and unpaired surrogates.
-        if (unit === 0) return this.fail();
-        if (unit >= 0xdc00 && unit <= 0xdfff) return this.fail();
-        if (unit >= 0xd800 && unit <= 0xdbff) {
-          if (t.charCodeAt(p + 5) !== 0x5c || t.charCodeAt(p + 6) !== 0x75) return this.fail();
-          const low = this.hex4(p + 7);
-          if (low < 0xdc00 || low > 0xdfff) return this.fail();
-          emit(String.fromCharCode(unit, low));
-          return p + 11;
-        }
-        emit(String.fromCharCode(unit));
-        return p + 5;
-      }
-      default:
-        this.pos = p;
-        return this.fail();
+    const simple = SIMPLE_ESCAPES.get(c);
+    if (simple !== undefined) {
+      this.pos = p + 1;
+      return simple;
     }
+    if (c !== 0x75 /* u */) {
+      this.pos = p;
+      return this.fail();
+    }
+    const unit = this.hex4(p + 1);
+    // systemd refuses NUL in strings (they are C strings) and unpaired surrogates.
+    if (unit === 0 || (unit >= 0xdc00 && unit <= 0xdfff)) return this.fail();
+    if (unit < 0xd800 || unit > 0xdbff) {
+      this.pos = p + 5;
+      return String.fromCharCode(unit);
+    }
+    if (t.charCodeAt(p + 5) !== 0x5c || t.charCodeAt(p + 6) !== 0x75) return this.fail();
+    const low = this.hex4(p + 7);
+    if (low < 0xdc00 || low > 0xdfff) return this.fail();
+    this.pos = p + 11;
+    return String.fromCharCode(unit, low);
   }
 
   private hex4(p: number): number {
@@ -336,6 +310,18 @@ class Parser {
     return v;
   }
 }
+
+/** The one-letter escapes of RFC 8259 §7, by the code of their letter. */
+const SIMPLE_ESCAPES = new Map<number, string>([
+  [0x22, '"'],
+  [0x5c, '\\'],
+  [0x2f, '/'],
+  [0x62, '\b'],
+  [0x66, '\f'],
+  [0x6e, '\n'],
+  [0x72, '\r'],
+  [0x74, '\t'],
+]);
 
 function isDigit(c: number): boolean {
   return c >= 0x30 && c <= 0x39;

@@ -70,6 +70,8 @@ export class ListenError extends Error {
 }
 
 export const DEFAULT_MAX_CONNECTIONS = 4096;
+/** machined listens with SOMAXCONN (4096 on current kernels; the kernel caps it at net.core.somaxconn). */
+const LISTEN_BACKLOG = 4096;
 const DEFAULT_CLOSE_TIMEOUT_MS = 5000;
 const DEFAULT_INFO: ServiceInfo = { vendor: 'mymachinesd', product: 'mymachinesd', version: '0', url: '' };
 
@@ -154,7 +156,7 @@ export class VarlinkServer {
     const server = this.netServer();
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(path, () => {
+      server.listen({ path, backlog: LISTEN_BACKLOG }, () => {
         server.off('error', reject);
         resolve();
       });
@@ -210,7 +212,9 @@ export class VarlinkServer {
   }
 
   private netServer(): net.Server {
-    const server = net.createServer((socket) => {
+    // allowHalfOpen: a client may shut down its sending side after its last call (nc, socat) and
+    // still expects every reply; the connection is ended once those are written.
+    const server = net.createServer({ allowHalfOpen: true }, (socket) => {
       this.accept(socket);
     });
     server.on('error', (err) => {
@@ -247,6 +251,8 @@ class Connection {
   private readonly queue: Buffer[] = [];
   private queuedBytes = 0;
   private busy = false;
+  /** The peer shut down its sending side: end ours once its calls are answered. */
+  private inputEnded = false;
   private drainWaiters: (() => void)[] = [];
 
   constructor(
@@ -259,6 +265,10 @@ class Connection {
     this.closed = new Promise<void>((resolve) => (markClosed = resolve));
     socket.on('data', (chunk: Buffer) => {
       this.receive(chunk);
+    });
+    socket.on('end', () => {
+      this.inputEnded = true;
+      this.pump();
     });
     socket.on('drain', () => {
       this.wakeDrainWaiters();
@@ -319,7 +329,10 @@ class Connection {
         return;
       }
       const message = this.queue.shift();
-      if (message === undefined) return;
+      if (message === undefined) {
+        if (this.inputEnded) this.end();
+        return;
+      }
       this.queuedBytes -= message.length;
       let pending: Promise<void> | undefined;
       try {
