@@ -50,12 +50,7 @@ test('--forward takes ADDR, ADDR:PORT, [V6]:PORT and resolv.conf', (t) => {
       '--forward',
       'resolv.conf',
     ).forward,
-    [
-      '127.0.0.1',
-      '127.0.0.2:5300',
-      '[::1]:53',
-      'resolv.conf',
-    ],
+    ['127.0.0.1', '127.0.0.2:5300', '[::1]:53', 'resolv.conf'],
   );
 });
 

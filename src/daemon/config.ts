@@ -114,7 +114,8 @@ function upstream(text: string): string {
 }
 
 function net(flag: string, text: string): string {
-  if (!parseNet(text)) throw new UsageError(`${flag} "${text}": expected ADDRESS/PREFIX (e.g. 10.0.0.0/8, fd00::/8)`);
+  if (!parseNet(text))
+    throw new UsageError(`${flag} "${text}": expected ADDRESS/PREFIX (e.g. 10.0.0.0/8, fd00::/8)`);
   return text;
 }
 

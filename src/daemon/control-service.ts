@@ -78,7 +78,8 @@ export interface ControlDeps {
 }
 
 export function controlInterface(deps: ControlDeps): VarlinkInterface {
-  const served = (m: MachineRecord): ReturnType<typeof controlMachine> => controlMachine(m, deps.userdbProblem);
+  const served = (m: MachineRecord): ReturnType<typeof controlMachine> =>
+    controlMachine(m, deps.userdbProblem);
   return {
     name: CONTROL_INTERFACE,
     description: CONTROL_IDL,
@@ -87,7 +88,10 @@ export function controlInterface(deps: ControlDeps): VarlinkInterface {
         const s = deps.status();
         return {
           parameters: {
-            machines: deps.view.all().filter((m) => m.class !== 'host').map(served),
+            machines: deps.view
+              .all()
+              .filter((m) => m.class !== 'host')
+              .map(served),
             status: { ...s, machinedOwner: s.machinedOwner ?? null, lastError: s.lastError ?? null },
           },
         };
@@ -100,7 +104,10 @@ export function controlInterface(deps: ControlDeps): VarlinkInterface {
           case 'unknown':
             return { error: `${CONTROL_INTERFACE}.NoSuchMachine`, parameters: { name } };
           case 'ambiguous':
-            return { error: `${CONTROL_INTERFACE}.AmbiguousName`, parameters: { name, candidates: found.candidates } };
+            return {
+              error: `${CONTROL_INTERFACE}.AmbiguousName`,
+              parameters: { name, candidates: found.candidates },
+            };
         }
       }),
     },

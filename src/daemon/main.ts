@@ -5,7 +5,14 @@
  */
 import { basename } from 'node:path';
 import { VarlinkClient, VarlinkClientError, type ReceivedReply } from '../varlink/client.js';
-import { parseArgs, UsageError, USAGE, type AccountConfig, type ListConfig, type ResolveConfig } from './config.js';
+import {
+  parseArgs,
+  UsageError,
+  USAGE,
+  type AccountConfig,
+  type ListConfig,
+  type ResolveConfig,
+} from './config.js';
 import { CONTROL_INTERFACE } from './control-service.js';
 import { z } from 'zod';
 import { controlMachineSchema, renderList, renderResolve } from './control.js';
@@ -46,7 +53,12 @@ async function main(argv: readonly string[]): Promise<number> {
 }
 
 /** One call on a fresh connection; a daemon that is not there is a clear one-line failure. */
-async function callOnce(path: string, what: string, method: string, params: Record<string, unknown>): Promise<ReceivedReply> {
+async function callOnce(
+  path: string,
+  what: string,
+  method: string,
+  params: Record<string, unknown>,
+): Promise<ReceivedReply> {
   let client: VarlinkClient;
   try {
     client = await VarlinkClient.connect(path, { timeoutMs: 5_000 });
@@ -98,7 +110,9 @@ async function list(config: ListConfig): Promise<number> {
 }
 
 async function resolve(config: ResolveConfig): Promise<number> {
-  const reply = await callOnce(config.control, 'the control socket', `${CONTROL_INTERFACE}.Resolve`, { name: config.name });
+  const reply = await callOnce(config.control, 'the control socket', `${CONTROL_INTERFACE}.Resolve`, {
+    name: config.name,
+  });
   if (reply.error === `${CONTROL_INTERFACE}.NoSuchMachine`) return fail(`no machine named "${config.name}"`);
   if (reply.error === `${CONTROL_INTERFACE}.AmbiguousName`) {
     const candidates = ambiguousReply.safeParse(reply.parameters).data?.candidates ?? [];
@@ -117,10 +131,20 @@ async function resolve(config: ResolveConfig): Promise<number> {
 async function account(config: AccountConfig): Promise<number> {
   const user = config.command === 'user';
   const method = `io.systemd.UserDatabase.${user ? 'GetUserRecord' : 'GetGroupRecord'}`;
-  const key = typeof config.key === 'number' ? { [user ? 'uid' : 'gid']: config.key } : { [user ? 'userName' : 'groupName']: config.key };
-  const reply = await callOnce(config.userdb, 'the userdb socket', method, { ...key, service: basename(config.userdb) });
-  if (reply.error === 'io.systemd.UserDatabase.NoRecordFound') return fail(`no ${config.command} ${String(config.key)}`);
-  if (reply.error) return fail(`${config.command} ${String(config.key)}: ${reply.error} ${JSON.stringify(reply.parameters ?? {})}`);
+  const key =
+    typeof config.key === 'number'
+      ? { [user ? 'uid' : 'gid']: config.key }
+      : { [user ? 'userName' : 'groupName']: config.key };
+  const reply = await callOnce(config.userdb, 'the userdb socket', method, {
+    ...key,
+    service: basename(config.userdb),
+  });
+  if (reply.error === 'io.systemd.UserDatabase.NoRecordFound')
+    return fail(`no ${config.command} ${String(config.key)}`);
+  if (reply.error)
+    return fail(
+      `${config.command} ${String(config.key)}: ${reply.error} ${JSON.stringify(reply.parameters ?? {})}`,
+    );
   const parsed = recordReply.safeParse(reply.parameters);
   if (!parsed.success) return fail('malformed reply: no record');
   const r = parsed.data.record;
@@ -128,7 +152,12 @@ async function account(config: AccountConfig): Promise<number> {
     out(`${JSON.stringify(r, null, 2)}\n`);
     return 0;
   }
-  const field = (k: keyof typeof r): string => (r[k] === undefined ? '' : String(r[k]));
+  type Printed =
+    'userName' | 'groupName' | 'uid' | 'gid' | 'realName' | 'description' | 'homeDirectory' | 'shell';
+  const field = (k: Printed): string => {
+    const v = r[k];
+    return v === undefined ? '' : String(v);
+  };
   out(
     user
       ? `${field('userName')}:x:${field('uid')}:${field('gid')}:${field('realName')}:${field('homeDirectory')}:${field('shell')}\n`
@@ -142,6 +171,9 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    process.exitCode = err instanceof CliFailure ? fail(err.message) : fail(err instanceof Error ? (err.stack ?? err.message) : String(err));
+    process.exitCode =
+      err instanceof CliFailure
+        ? fail(err.message)
+        : fail(err instanceof Error ? (err.stack ?? err.message) : String(err));
   },
 );

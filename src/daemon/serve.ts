@@ -44,7 +44,10 @@ interface Running {
 }
 
 /** Runs the daemon until SIGTERM/SIGINT; resolves to the process exit status. */
-export async function serve(config: ServeConfig, logger: Logger = createLogger(config.logLevel)): Promise<number> {
+export async function serve(
+  config: ServeConfig,
+  logger: Logger = createLogger(config.logLevel),
+): Promise<number> {
   let inherited: InheritedSocket[];
   try {
     inherited = inheritedSockets();
@@ -54,9 +57,15 @@ export async function serve(config: ServeConfig, logger: Logger = createLogger(c
   }
   for (const s of inherited)
     if (!['dns', 'userdb', 'control'].includes(s.name))
-      logger.warn(`socket activation: ignoring fd ${s.fd} named "${s.name}" (known names: dns, userdb, control)`);
+      logger.warn(
+        `socket activation: ignoring fd ${s.fd} named "${s.name}" (known names: dns, userdb, control)`,
+      );
 
-  const registry = new Registry({ busAddress: config.busAddress, logger, refreshIntervalMs: config.refreshSeconds * 1000 });
+  const registry = new Registry({
+    busAddress: config.busAddress,
+    logger,
+    refreshIntervalMs: config.refreshSeconds * 1000,
+  });
   const running: Running = { registry, varlink: [], dns: undefined, resolved: undefined };
 
   let stopRequested: (signal: NodeJS.Signals) => void = () => undefined;
@@ -77,13 +86,19 @@ export async function serve(config: ServeConfig, logger: Logger = createLogger(c
     // 1. userdb and control: from memory, never waiting on D-Bus (see the file comment)
     if (config.userdb !== undefined) {
       const service = basename(config.userdb);
-      const server = new VarlinkServer({ logger: prefixed(logger, 'userdb: '), info: { product: 'mymachinesd (userdb)', version: VERSION } });
+      const server = new VarlinkServer({
+        logger: prefixed(logger, 'userdb: '),
+        info: { product: 'mymachinesd (userdb)', version: VERSION },
+      });
       for (const iface of userDatabaseInterfaces(registry.view, service)) server.addInterface(iface);
       await listenVarlink(server, 'userdb', config.userdb, inherited, 0o666);
       running.varlink.push(server);
     }
     if (config.control !== undefined) {
-      const server = new VarlinkServer({ logger: prefixed(logger, 'control: '), info: { product: 'mymachinesd (control)', version: VERSION } });
+      const server = new VarlinkServer({
+        logger: prefixed(logger, 'control: '),
+        info: { product: 'mymachinesd (control)', version: VERSION },
+      });
       server.addInterface(
         controlInterface({
           view: registry.view,
@@ -104,11 +119,13 @@ export async function serve(config: ServeConfig, logger: Logger = createLogger(c
     let bound: readonly BoundListener[] = [];
     if (config.dnsEnabled) {
       const dnsFds = inherited.flatMap((s) =>
-        s.name === 'dns' && (s.kind.type === 'udp' || s.kind.type === 'tcp') ? [{ fd: s.fd, kind: s.kind.type, family: s.kind.family }] : [],
+        s.name === 'dns' && (s.kind.type === 'udp' || s.kind.type === 'tcp')
+          ? [{ fd: s.fd, kind: s.kind.type, family: s.kind.family }]
+          : [],
       );
       const dns = new DnsServer({
         view: registry.view,
-        logger: prefixed(logger, 'dns: '),
+        logger, // the stub names itself in its lines
         domain: config.domain,
         ttl: config.ttl,
         includeLinkLocal: config.includeLinkLocal,
@@ -127,10 +144,20 @@ export async function serve(config: ServeConfig, logger: Logger = createLogger(c
     logger.info('ready');
     await notify('READY=1', logger);
     if (config.resolvedLink !== undefined) {
-      const servers = bound.filter((l) => l.transport === 'udp').map((l) => ({ host: l.address, port: l.port }));
-      running.resolved = new ResolvedRegistration({ busAddress: config.busAddress, link: config.resolvedLink, domain: config.domain, servers, logger });
+      const servers = bound
+        .filter((l) => l.transport === 'udp')
+        .map((l) => ({ host: l.address, port: l.port }));
+      running.resolved = new ResolvedRegistration({
+        busAddress: config.busAddress,
+        link: config.resolvedLink,
+        domain: config.domain,
+        servers,
+        logger,
+      });
       await running.resolved.start().catch((err: unknown) => {
-        logger.error(`systemd-resolved registration: ${err instanceof Error ? err.message : String(err)}; serving without it`);
+        logger.error(
+          `systemd-resolved registration: ${err instanceof Error ? err.message : String(err)}; serving without it`,
+        );
       });
     }
 
@@ -184,7 +211,9 @@ async function listenVarlink(
       await server.listen(path, { mode });
     }
   } catch (err) {
-    throw new ListenerFailure(`${what}: cannot listen on ${passed ? `fd ${passed.fd}` : path}: ${err instanceof Error ? err.message : String(err)}`);
+    throw new ListenerFailure(
+      `${what}: cannot listen on ${passed ? `fd ${passed.fd}` : path}: ${err instanceof Error ? err.message : String(err)}`,
+    );
   }
 }
 

@@ -30,7 +30,7 @@ export function runTool(
       { timeout: 15_000 },
       (error, stdout) => {
         const exitCode = error ? (typeof error.code === 'number' ? error.code : -1) : 0;
-        resolve({ ...parse(stdout), text: stdout, exitCode });
+        resolve({ ...parseDigOutput(stdout), text: stdout, exitCode });
       },
     );
   });
@@ -41,7 +41,7 @@ export const dig = (server: string, port: number, ...args: string[]): Promise<Di
 export const kdig = (server: string, port: number, ...args: string[]): Promise<DigResult> =>
   runTool('kdig', server, port, args);
 
-function parse(text: string): Omit<DigResult, 'text' | 'exitCode'> {
+export function parseDigOutput(text: string): Omit<DigResult, 'text' | 'exitCode'> {
   // dig: "status: NOERROR, id: 1" / "flags: qr aa rd;"; kdig: "status: NOERROR; id: 1" / "Flags: qr aa rd;".
   // With a TCP retry dig prints two headers: the last one is the answer.
   const statuses = [...text.matchAll(/status: ([A-Z]+)/g)];
