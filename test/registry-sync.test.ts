@@ -250,3 +250,26 @@ test('[test double] killing machined and starting it again converges; removals w
   await until(r.view, (v) => names(v).join() === 'stays');
   t.pass();
 });
+
+test('[test double] the first registered container owns a shared id, whatever order ListMachines gives', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  // both leaders map the same host range; the double lists machines in insertion order, so
+  // register "zulu" first and "alpha" second: any name- or listing-based order would pick wrong
+  const host: HostReader = {
+    ...procHost,
+    startTime: () => Promise.resolve(1),
+    readIdMap: () => Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer: 500000, count: 65536 }] }),
+    readAccounts: () => Promise.resolve([]),
+  };
+  await fake.register('zulu', { leader: 7001 });
+  await fake.register('alpha', { leader: 7002 });
+  const r = registry(fake.busAddress, { host });
+  t.teardown(() => r.stop());
+  await r.start();
+  t.is(r.view.ownerOfUid(501000)?.machine.name, 'zulu');
+  t.deepEqual(
+    r.view.all().map((m) => m.name),
+    ['zulu', 'alpha'],
+  );
+});

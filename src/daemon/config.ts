@@ -309,28 +309,30 @@ function absolutePath(flag: string, path: string): string {
   return path;
 }
 
-function parseClient(command: 'list' | 'resolve', argv: readonly string[]): ListConfig | ResolveConfig {
+/** The options every client command has: `--json`, one socket path flag, positional arguments. */
+function parseClientArgs(
+  command: string,
+  argv: readonly string[],
+  pathFlag: '--control' | '--userdb',
+  defaultPath: string,
+): { json: boolean; path: string; positional: string[] } {
   const args = new Args(argv);
   let json = false;
-  let control = DEFAULT_CONTROL;
+  let path = defaultPath;
   const positional: string[] = [];
   for (let a = args.next(); a; a = args.next()) {
-    if ('positional' in a) {
-      positional.push(a.positional);
-      continue;
-    }
-    switch (a.flag) {
-      case '--json':
-        noValue(a.flag, a.inline);
-        json = true;
-        break;
-      case '--control':
-        control = absolutePath(a.flag, args.value(a.flag, a.inline));
-        break;
-      default:
-        throw new UsageError(`${command}: unknown option ${a.flag}`);
-    }
+    if ('positional' in a) positional.push(a.positional);
+    else if (a.flag === '--json') {
+      noValue(a.flag, a.inline);
+      json = true;
+    } else if (a.flag === pathFlag) path = absolutePath(a.flag, args.value(a.flag, a.inline));
+    else throw new UsageError(`${command}: unknown option ${a.flag}`);
   }
+  return { json, path, positional };
+}
+
+function parseClient(command: 'list' | 'resolve', argv: readonly string[]): ListConfig | ResolveConfig {
+  const { json, path: control, positional } = parseClientArgs(command, argv, '--control', DEFAULT_CONTROL);
   if (command === 'list') {
     if (positional.length > 0) throw new UsageError(`list: unexpected argument "${positional[0] ?? ''}"`);
     return { command, json, control };
@@ -342,27 +344,7 @@ function parseClient(command: 'list' | 'resolve', argv: readonly string[]): List
 }
 
 function parseAccount(command: 'user' | 'group', argv: readonly string[]): AccountConfig {
-  const args = new Args(argv);
-  let json = false;
-  let userdb = DEFAULT_USERDB;
-  const positional: string[] = [];
-  for (let a = args.next(); a; a = args.next()) {
-    if ('positional' in a) {
-      positional.push(a.positional);
-      continue;
-    }
-    switch (a.flag) {
-      case '--json':
-        noValue(a.flag, a.inline);
-        json = true;
-        break;
-      case '--userdb':
-        userdb = absolutePath(a.flag, args.value(a.flag, a.inline));
-        break;
-      default:
-        throw new UsageError(`${command}: unknown option ${a.flag}`);
-    }
-  }
+  const { json, path: userdb, positional } = parseClientArgs(command, argv, '--userdb', DEFAULT_USERDB);
   const [key, extra] = positional;
   if (key === undefined || key === '') throw new UsageError(`${command}: a name or numeric id is required`);
   if (extra !== undefined) throw new UsageError(`${command}: unexpected argument "${extra}"`);

@@ -329,16 +329,9 @@ export class Registry {
       if (f?.kind === 'found' && (this.epochs.get(l.name) ?? 0) === epochs.get(l.name))
         byName.set(l.name, f.record);
     });
-    // Keep the registration order of machines we already knew; new ones follow in listing order.
-    const ordered: MachineRecord[] = [];
-    for (const known of this.table.all()) {
-      const r = byName.get(known.name);
-      if (r) {
-        ordered.push(r);
-        byName.delete(known.name);
-      }
-    }
-    ordered.push(...byName.values());
+    // Registration order is machined's `Timestamp` (when the machine was registered), not
+    // ListMachines' order, which is hashmap order: the first owner of an id must not depend on it.
+    const ordered = [...byName.values()].sort(byRegistration);
     this.table.replaceAll(ordered);
     for (const r of ordered) this.startSettlingIfNeeded(r);
     this.finishSync(began);
@@ -624,6 +617,12 @@ export class Registry {
 }
 
 // ---- pure helpers ---------------------------------------------------------------------------------
+
+/** Registration order: machined's realtime registration timestamp, the name to break ties. */
+export function byRegistration(a: MachineRecord, b: MachineRecord): number {
+  if (a.timestamp !== b.timestamp) return a.timestamp < b.timestamp ? -1 : 1;
+  return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+}
 
 function parseClass(value: string): MachineClass | undefined {
   return value === 'container' || value === 'vm' || value === 'host' ? value : undefined;

@@ -111,9 +111,15 @@ export class FakeMachined {
       throw new Fail('org.freedesktop.DBus.Error.UnknownMethod', `Unknown method ${msg.member}`);
     switch (msg.member) {
       case 'ListMachines':
+        // machined lists in hashmap order, unrelated to registration order; listing by name makes
+        // that visible to tests (registering "zulu" before "alpha" lists "alpha" first)
         return [
           'a(ssso)',
-          [[...this.machines.values()].map((m) => [m.name, m.class, m.service, machineObjectPath(m.name)])],
+          [
+            [...this.machines.values()]
+              .sort((a, b) => (a.name < b.name ? -1 : 1))
+              .map((m) => [m.name, m.class, m.service, machineObjectPath(m.name)]),
+          ],
         ];
       case 'GetMachine':
         return ['o', [machineObjectPath(this.get(str(0)).name)]];

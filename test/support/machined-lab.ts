@@ -210,26 +210,14 @@ export class MachinedLab {
   }
 
   async startMachined(): Promise<void> {
-    const conn = await BusConnection.open(this.busAddress);
-    try {
-      const owned = waitForNameOwner(conn, MACHINE1_NAME);
-      await owned.subscribed;
-      this.machined = await this.world.spawn(MACHINED_BINARY, [], {
-        env: {
-          PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
-          DBUS_SYSTEM_BUS_ADDRESS: this.busAddress,
-          SYSTEMD_LOG_LEVEL: 'debug',
-          SYSTEMD_LOG_TARGET: 'console',
-          SYSTEMD_LOG_COLOR: '0',
-        },
-      });
-      this.machined.stdout?.on('data', (d: Buffer) => this.logs.push(d.toString()));
-      this.machined.stderr?.on('data', (d: Buffer) => this.logs.push(d.toString()));
-      await owned.done;
-      await waitForPath(this.machinedUserdbPath);
-    } finally {
-      conn.close();
-    }
+    this.machined = await startBusService(
+      this.world,
+      this.busAddress,
+      MACHINED_BINARY,
+      MACHINE1_NAME,
+      this.logs,
+    );
+    await waitForPath(this.machinedUserdbPath);
   }
 
   /** Stops machined (SIGTERM; SIGKILL simulates a crash). Its state files stay, as after a crash. */
@@ -433,6 +421,39 @@ function inNetns(pid: number, cmd: string, args: readonly string[]): Promise<str
         : reject(new Error(`${cmd} ${args.join(' ')} in netns of ${pid}: ${Buffer.concat(err).toString()}`)),
     );
   });
+}
+
+/**
+ * Starts a systemd daemon (machined, resolved) in a World with debug logs on the console, and waits
+ * until it owns its bus name. Its output is appended to `logs`.
+ */
+export async function startBusService(
+  world: World,
+  busAddress: string,
+  binary: string,
+  busName: string,
+  logs: string[],
+): Promise<ChildProcess> {
+  const conn = await BusConnection.open(busAddress);
+  try {
+    const owned = waitForNameOwner(conn, busName);
+    await owned.subscribed;
+    const child = await world.spawn(binary, [], {
+      env: {
+        PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
+        DBUS_SYSTEM_BUS_ADDRESS: busAddress,
+        SYSTEMD_LOG_LEVEL: 'debug',
+        SYSTEMD_LOG_TARGET: 'console',
+        SYSTEMD_LOG_COLOR: '0',
+      },
+    });
+    child.stdout?.on('data', (d: Buffer) => logs.push(d.toString()));
+    child.stderr?.on('data', (d: Buffer) => logs.push(d.toString()));
+    await owned.done;
+    return child;
+  } finally {
+    conn.close();
+  }
 }
 
 /** Resolves when `name` has an owner: subscribe first, then check, so the event cannot be missed. */

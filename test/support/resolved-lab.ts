@@ -5,9 +5,8 @@
  * the World. Recipe and quirks: ../shared/lab/README.md, "systemd-resolved 252".
  */
 import type { ChildProcess } from 'node:child_process';
-import { BusConnection } from '../../src/registry-client/bus.js';
 import { PrivateBus } from './dbus.js';
-import { waitForNameOwner } from './machined-lab.js';
+import { startBusService } from './machined-lab.js';
 import type { World } from './world.js';
 
 export const RESOLVED_BINARY = '/lib/systemd/systemd-resolved';
@@ -49,25 +48,13 @@ export class ResolvedInstance {
   async start(): Promise<void> {
     // resolved creates only the last level of its runtime directory
     await this.world.run('mkdir', ['-p', '/run/systemd'], { mountOnly: true });
-    const conn = await BusConnection.open(this.busAddress);
-    try {
-      const owned = waitForNameOwner(conn, RESOLVED_NAME);
-      await owned.subscribed;
-      this.child = await this.world.spawn(RESOLVED_BINARY, [], {
-        env: {
-          PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
-          DBUS_SYSTEM_BUS_ADDRESS: this.busAddress,
-          SYSTEMD_LOG_LEVEL: 'debug',
-          SYSTEMD_LOG_TARGET: 'console',
-          SYSTEMD_LOG_COLOR: '0',
-        },
-      });
-      this.child.stdout?.on('data', (d: Buffer) => this.logs.push(d.toString()));
-      this.child.stderr?.on('data', (d: Buffer) => this.logs.push(d.toString()));
-      await owned.done;
-    } finally {
-      conn.close();
-    }
+    this.child = await startBusService(
+      this.world,
+      this.busAddress,
+      RESOLVED_BINARY,
+      RESOLVED_NAME,
+      this.logs,
+    );
   }
 
   /** Stops resolved; with `wipe` its saved per-link state goes too (as after a reboot). */
