@@ -85,7 +85,7 @@ export async function serve(
   try {
     // 1. userdb and control: from memory, never waiting on D-Bus (see the file comment)
     if (config.userdb !== undefined) {
-      const service = basename(config.userdb);
+      const service = userdbService(config.userdb, inherited, logger);
       const server = new VarlinkServer({
         logger: prefixed(logger, 'userdb: '),
         info: { product: 'mymachinesd (userdb)', version: VERSION },
@@ -205,7 +205,7 @@ async function listenVarlink(
   try {
     if (passed) {
       if (passed.kind.type !== 'unix-stream') throw new Error(`fd ${passed.fd} is not a unix stream socket`);
-      await server.listenFd(passed.fd);
+      await server.listenFd(passed.fd, passed.kind.path || undefined);
     } else {
       await mkdir(dirname(path), { recursive: true, mode: 0o755 });
       await server.listen(path, { mode });
@@ -215,6 +215,19 @@ async function listenVarlink(
       `${what}: cannot listen on ${passed ? `fd ${passed.fd}` : path}: ${err instanceof Error ? err.message : String(err)}`,
     );
   }
+}
+
+/**
+ * The userdb service name clients must send: the basename of the socket they connected to (that is
+ * how nss-systemd and userdbctl name it). With socket activation that is the socket unit's path,
+ * whatever --userdb says.
+ */
+function userdbService(flag: string, inherited: readonly InheritedSocket[], logger: Logger): string {
+  const passed = inherited.find((s) => s.name === 'userdb');
+  const path = passed?.kind.type === 'unix-stream' ? passed.kind.path : '';
+  if (path === '' || basename(path) === basename(flag)) return basename(flag);
+  logger.info(`userdb: the passed socket is ${path}, not ${flag}: answering as service ${basename(path)}`);
+  return basename(path);
 }
 
 /** machined silently gives such containers no names; we say so, once per machine. */

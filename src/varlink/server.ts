@@ -166,8 +166,11 @@ export class VarlinkServer {
     this.logger.info(`varlink: listening on ${path}`);
   }
 
-  /** Listens on an inherited, already bound socket (systemd socket activation). */
-  async listenFd(fd: number): Promise<void> {
+  /**
+   * Listens on an inherited, already bound socket (systemd socket activation). `path` is where it is
+   * bound, for the log line; the socket file belongs to whoever bound it and is left in place.
+   */
+  async listenFd(fd: number, path?: string): Promise<void> {
     const server = this.netServer();
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -177,7 +180,7 @@ export class VarlinkServer {
       });
     });
     this.listeners.push(server);
-    this.logger.info(`varlink: listening on inherited fd ${fd}`);
+    this.logger.info(`varlink: listening on ${path ? `${path} (inherited fd ${fd})` : `inherited fd ${fd}`}`);
   }
 
   /**
