@@ -161,7 +161,7 @@ export class VarlinkServer {
         resolve();
       });
     });
-    this.listeners.push(server);
+    this.adopt(server);
     await chmod(path, options.mode ?? 0o666);
     this.logger.info(`varlink: listening on ${path}`);
   }
@@ -179,7 +179,7 @@ export class VarlinkServer {
         resolve();
       });
     });
-    this.listeners.push(server);
+    this.adopt(server);
     this.logger.info(`varlink: listening on ${path ? `${path} (inherited fd ${fd})` : `inherited fd ${fd}`}`);
   }
 
@@ -220,10 +220,15 @@ export class VarlinkServer {
     const server = net.createServer({ allowHalfOpen: true }, (socket) => {
       this.accept(socket);
     });
+    return server;
+  }
+
+  /** Once listening: errors from here on are the listener's own (a failed listen() rejects instead). */
+  private adopt(server: net.Server): void {
     server.on('error', (err) => {
       this.logger.error(`varlink: listener failed: ${err.message}`);
     });
-    return server;
+    this.listeners.push(server);
   }
 
   private accept(socket: net.Socket): void {
