@@ -77,8 +77,9 @@ export class DaemonHandle {
     return Buffer.concat(this.out).toString();
   }
 
-  waitFor(re: RegExp, timeoutMs = 15_000): Promise<string> {
-    const seen = this.lines.find((l) => re.test(l));
+  /** The first line matching `re` from line number `from` on (0: any line so far), or the next one. */
+  waitFor(re: RegExp, timeoutMs = 15_000, from = 0): Promise<string> {
+    const seen = this.lines.slice(from).find((l) => re.test(l));
     if (seen !== undefined) return Promise.resolve(seen);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(

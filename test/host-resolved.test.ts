@@ -1,0 +1,173 @@
+/**
+ * Host resolver integration with systemd-resolved: `mymachinesd serve --register-resolved` routes
+ * the `machine` domain (routing and search domain) to its stub on a link of its own, through the
+ * REAL systemd-resolved 252 on the same bus as the REAL systemd-machined 252, all inside a World
+ * (resolved.conf without servers, no LLMNR/mDNS: nothing leaves the machine). Clients are the real
+ * ones: resolvectl (D-Bus), getent with `hosts: resolve` (nss-resolve, Varlink) and dig against
+ * resolved's own stub 127.0.0.53. Then resolved loses its state, and the daemon stops.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { readFileSync } from 'node:fs';
+import { DaemonHandle } from './support/daemon.js';
+import { parseDigOutput } from './support/dig.js';
+import { LAB_MACHINES, MachinedLab } from './support/machined-lab.js';
+import { RESOLVED_WORLD, ResolvedInstance } from './support/resolved-lab.js';
+
+const LINK = 'mymachines0';
+const ALPHA_V4 = '198.51.100.11';
+const ALPHA_V6 = 'fd42::11';
+const REGISTERED =
+  /^<6>registered with systemd-resolved: ~machine and search machine → 127\.0\.0\.153:53 on mymachines0 \(ifindex \d+\)$/;
+
+interface Ctx {
+  lab: MachinedLab;
+  resolved: ResolvedInstance;
+  daemon: DaemonHandle;
+}
+
+test.before(async (t) => {
+  const nsswitch = readFileSync('/etc/nsswitch.conf', 'utf8').replace(/^hosts:.*$/m, 'hosts: resolve');
+  const lab = await MachinedLab.start(
+    LAB_MACHINES.filter((m) => m.name === 'alpha'),
+    {
+      ...RESOLVED_WORLD,
+      nsswitch,
+      resolvConf: 'nameserver 127.0.0.53\noptions timeout:2 attempts:1\n',
+      hosts: '127.0.0.1 localhost\n::1 localhost\n',
+    },
+  );
+  try {
+    const resolved = new ResolvedInstance(lab.world, lab.busAddress);
+    await resolved.start();
+    const daemon = await DaemonHandle.start(lab.world, ['--bus', lab.busAddress, '--register-resolved']);
+    await daemon.waitFor(REGISTERED);
+    t.context = { lab, resolved, daemon } satisfies Ctx;
+  } catch (err) {
+    await lab.dispose();
+    throw err;
+  }
+});
+
+test.after.always(async (t) => {
+  const { lab, resolved, daemon } = t.context as Ctx;
+  await daemon.stop();
+  await resolved.stop();
+  await lab.dispose();
+});
+
+const exec = (t: { context: unknown }, cmd: string, ...args: string[]): ReturnType<MachinedLab['exec']> =>
+  (t.context as Ctx).lab.exec(cmd, args);
+const resolvectl = (t: { context: unknown }, ...args: string[]): ReturnType<MachinedLab['exec']> =>
+  exec(t, 'resolvectl', '--no-pager', ...args);
+
+/** The first column of getent's output, deduplicated and sorted. */
+const addresses = (stdout: string): string[] =>
+  [
+    ...new Set(
+      stdout
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => l.split(/\s+/)[0] ?? ''),
+    ),
+  ].sort();
+
+/** Every lookup path a host program uses, for alpha.machine and for the bare alpha. */
+async function assertResolves(t: ExecutionContext): Promise<void> {
+  const full = await resolvectl(t, 'query', 'alpha.machine');
+  t.is(full.code, 0, full.stderr);
+  // resolved asks A and AAAA in parallel: either may be printed first
+  t.regex(full.stdout, /^alpha\.machine: (198\.51\.100\.11|fd42::11)$/m);
+  t.deepEqual(
+    [...full.stdout.matchAll(/(198\.51\.100\.11|fd42::11)$/gm)].map((m) => m[1]).sort(),
+    [ALPHA_V4, ALPHA_V6].sort(),
+    full.stdout,
+  );
+  const bare = await resolvectl(t, 'query', 'alpha');
+  t.is(bare.code, 0, bare.stderr);
+  t.regex(bare.stdout, /\(alpha\.machine\)/, 'the single label went through the search domain');
+  for (const name of ['alpha.machine', 'alpha']) {
+    const getent = await exec(t, 'getent', 'ahosts', name);
+    t.is(getent.code, 0, `${name}: ${getent.stderr}`);
+    t.deepEqual(addresses(getent.stdout), [ALPHA_V4, ALPHA_V6].sort(), name);
+  }
+  const dig = parseDigOutput((await exec(t, 'dig', '@127.0.0.53', '+time=3', '+tries=1', 'alpha.machine', 'A')).stdout); // prettier-ignore
+  t.is(dig.status, 'NOERROR');
+  t.deepEqual(
+    dig.answers.map((a) =>
+      a
+        .split(' ')
+        .filter((_, i) => i !== 1)
+        .join(' '),
+    ),
+    [`alpha.machine. A ${ALPHA_V4}`],
+    'through resolved stub (TTL left out: resolved counts it down)',
+  );
+}
+
+test.serial('resolved shows the stub as DNS server and machine as domain on a link of its own', async (t) => {
+  const status = await resolvectl(t, 'status', LINK);
+  t.is(status.code, 0, status.stderr);
+  t.regex(status.stdout, /Current Scopes: DNS/);
+  t.regex(status.stdout, /-DefaultRoute/);
+  t.regex(status.stdout, /DNS Servers: 127\.0\.0\.153\b/);
+  t.regex(status.stdout, /DNS Domain: machine\b/);
+});
+
+test.serial(
+  'resolvectl, getent with hosts: resolve, and dig @127.0.0.53 resolve alpha.machine and alpha',
+  async (t) => {
+    await assertResolves(t);
+  },
+);
+
+test.serial(
+  'other names are not routed to the stub (DefaultRoute off, domains set before the server)',
+  async (t) => {
+    const r = await resolvectl(t, 'query', 'www.example.org');
+    t.not(r.code, 0);
+    t.regex(r.stderr, /No appropriate name servers or networks for name found/);
+  },
+);
+
+test.serial('after resolved restarts with its state wiped, the daemon registers again', async (t) => {
+  const { resolved, daemon } = t.context as Ctx;
+  const mark = daemon.lines.length;
+  await resolved.restart({ wipe: true });
+  await daemon.waitFor(/^<6>systemd-resolved \(re\)appeared; re-applying the registration$/, 15_000, mark);
+  await daemon.waitFor(REGISTERED, 15_000, mark);
+  await assertResolves(t);
+});
+
+test.serial('after its link is deleted, the daemon creates it again and registers again', async (t) => {
+  const { lab, daemon } = t.context as Ctx;
+  const mark = daemon.lines.length;
+  // resolved forgets a deleted link's settings; a new link has a new ifindex and none
+  await lab.world.run('ip', ['link', 'del', LINK]);
+  await daemon.waitFor(/^<6>link mymachines0 was deleted; creating it again$/, 15_000, mark);
+  await daemon.waitFor(REGISTERED, 15_000, mark);
+  const status = await resolvectl(t, 'status', LINK);
+  t.regex(status.stdout, /DNS Servers: 127\.0\.0\.153\b/);
+  await assertResolves(t);
+});
+
+test.serial('on SIGTERM the daemon reverts the link: no servers, and lookups fail', async (t) => {
+  const { daemon } = t.context as Ctx;
+  t.is(await daemon.stop(), 0);
+  t.true(daemon.lines.includes('<6>removed the registration from systemd-resolved'), daemon.lines.join('\n'));
+  const status = await resolvectl(t, 'status', LINK);
+  t.notRegex(status.stdout, /DNS Servers:/);
+  t.notRegex(status.stdout, /DNS Domain:/);
+  const r = await resolvectl(t, 'query', 'alpha.machine');
+  t.not(r.code, 0);
+  t.regex(r.stderr, /No appropriate name servers or networks for name found/);
+});
+
+test.serial('a daemon started while resolved is down registers once resolved appears', async (t) => {
+  const ctx = t.context as Ctx;
+  await ctx.resolved.stop({ wipe: true });
+  ctx.daemon = await DaemonHandle.start(ctx.lab.world, ['--bus', ctx.lab.busAddress, '--register-resolved']);
+  await ctx.daemon.waitFor(/^<6>systemd-resolved is not running; will register when it appears$/);
+  await ctx.resolved.start();
+  await ctx.daemon.waitFor(REGISTERED);
+  await assertResolves(t);
+});
