@@ -40,7 +40,6 @@ test.before(async (t) => {
     const resolved = new ResolvedInstance(lab.world, lab.busAddress);
     await resolved.start();
     const daemon = await DaemonHandle.start(lab.world, ['--bus', lab.busAddress, '--register-resolved']);
-    await daemon.waitFor(REGISTERED);
     t.context = { lab, resolved, daemon } satisfies Ctx;
   } catch (err) {
     await lab.dispose();
@@ -103,6 +102,13 @@ async function assertResolves(t: ExecutionContext): Promise<void> {
     'through resolved stub (TTL left out: resolved counts it down)',
   );
 }
+
+test.serial('the registration is in place before the ready line (and READY=1)', (t) => {
+  const { daemon } = t.context as Ctx;
+  const registered = daemon.lines.findIndex((l) => REGISTERED.test(l));
+  const ready = daemon.lines.indexOf('<6>ready');
+  t.true(registered >= 0 && registered < ready, daemon.lines.join('\n'));
+});
 
 test.serial('resolved shows the stub as DNS server and machine as domain on a link of its own', async (t) => {
   const status = await resolvectl(t, 'status', LINK);

@@ -2,8 +2,10 @@
  * The daemon under systemd's protocols, without systemd as PID 1: socket activation through the real
  * `systemd-socket-activate` 252, driven by the shipped unit files (their addresses, fd names,
  * Environment= and ExecStart= at its install location), and the sd_notify(3) messages READY=1 and
- * STOPPING=1 received on a NOTIFY_SOCKET (test/support/notify-socket.py). Everything runs in a World
- * with the real systemd-machined 252 and a real namespaced container.
+ * STOPPING=1 received on a NOTIFY_SOCKET (test/support/notify-socket.py), and the unit's capability
+ * bounding set and NoNewPrivileges= applied with setpriv(1) (the rest of its sandbox needs systemd as
+ * PID 1). Everything runs in a World with the real systemd-machined 252 and a real namespaced
+ * container; the last tests add the real systemd-resolved 252.
  */
 import test from 'ava';
 import { access } from 'node:fs/promises';
@@ -11,7 +13,9 @@ import { fileURLToPath } from 'node:url';
 import { BIN, DaemonHandle } from './support/daemon.js';
 import { parseDigOutput } from './support/dig.js';
 import { LAB_MACHINES, MachinedLab, type LabMachineSpec } from './support/machined-lab.js';
-import { socketActivation } from './support/unit-file.js';
+import { RESOLVED_WORLD, ResolvedInstance } from './support/resolved-lab.js';
+import { socketActivation, unitCapabilities } from './support/unit-file.js';
+import type { WorldOptions } from './support/world.js';
 
 const NOTIFY_SOCKET_PY = fileURLToPath(new URL('../../test/support/notify-socket.py', import.meta.url));
 const INSTALLED = '/usr/local/bin/mymachinesd';
@@ -23,8 +27,11 @@ if (!ALPHA) throw new Error('the lab has alpha');
 const MACHINES: readonly LabMachineSpec[] = [ALPHA];
 
 /** A lab whose World has the command at its install location (a tmpfs over /usr/local/bin). */
-async function installedLab(): Promise<MachinedLab> {
-  const lab = await MachinedLab.start(MACHINES, { emptyDirs: ['/usr/local/bin'] });
+async function installedLab(options: WorldOptions = {}): Promise<MachinedLab> {
+  const lab = await MachinedLab.start(MACHINES, {
+    ...options,
+    emptyDirs: ['/usr/local/bin', ...(options.emptyDirs ?? [])],
+  });
   await lab.world.run('ln', ['-s', BIN, INSTALLED], { mountOnly: true });
   return lab;
 }
@@ -164,4 +171,60 @@ test('READY=1 arrives after the ready line, once every listener is up; STOPPING=
   const stoppingNotified = at(/^NOTIFY pid=\d+ .*STOPPING=1/);
   const stopped = at(/^<6>stopped$/);
   t.true(stopping >= 0 && stopping < stoppingNotified && stoppingNotified < stopped, daemon.lines.join('\n'));
+});
+
+test("with only the unit's capabilities, activated and notifying, it registers with the real resolved", async (t) => {
+  const lab = await installedLab(RESOLVED_WORLD);
+  t.teardown(() => lab.dispose());
+  const resolved = new ResolvedInstance(lab.world, lab.busAddress);
+  await resolved.start();
+  t.teardown(() => resolved.stop());
+  // as systemd would run it: sockets bound by the activators, then the unit's bounding set and
+  // NoNewPrivileges= (setpriv), then ExecStart= with --register-resolved, NOTIFY_SOCKET set
+  // (systemd-socket-activate passes on only the environment it is told to: NOTIFY_SOCKET too)
+  const { command, args } = socketActivation({
+    env: { DBUS_SYSTEM_BUS_ADDRESS: lab.busAddress, NOTIFY_SOCKET: '/run/notify.sock' },
+    options: ['--register-resolved'],
+    wrapper: unitCapabilities(),
+  });
+  const daemon = await DaemonHandle.launch(lab.world, '/usr/bin/python3', [
+    NOTIFY_SOCKET_PY, '/run/notify.sock', '--', command, ...args,
+  ]); // prettier-ignore
+  t.teardown(() => daemon.stop('SIGKILL'));
+  await daemon.waitFor(/^Listening on 127\.0\.0\.153:53 as 3\.$/);
+  t.deepEqual((await dig(lab, 'alpha.machine', 'A')).answers, ['alpha.machine. 0 A 198.51.100.11']);
+  const notified = await daemon.waitFor(/^NOTIFY pid=\d+ .*READY=1/, 30_000);
+
+  // systemd-notify could not claim the daemon's PID without CAP_SYS_ADMIN: the message comes from
+  // its own, which is why the unit says NotifyAccess=all
+  const [, sender, main] = /^NOTIFY pid=(\d+) MAINPID=(\d+) READY=1$/.exec(notified) ?? [];
+  t.truthy(main, notified);
+  t.not(sender, main);
+  const status = await lab.world.run('cat', [`/proc/${main ?? ''}/status`]);
+  // CAP_NET_ADMIN (12) and CAP_SYS_PTRACE (19), nothing else
+  t.regex(status, /^CapEff:\s+0000000000081000$/m);
+  t.regex(status, /^NoNewPrivs:\s+1$/m);
+
+  // CAP_NET_ADMIN was enough for the link, and resolved took the root sender's settings
+  t.true(daemon.lines.some((l) => /^<6>registered with systemd-resolved: .* on mymachines0 /.test(l)));
+  const query = await lab.exec('resolvectl', ['--no-pager', 'query', 'alpha.machine']);
+  t.is(query.code, 0, query.stderr);
+  t.regex(query.stdout, /198\.51\.100\.11/);
+
+  t.is(await daemon.stop('SIGTERM'), 0);
+  t.true(daemon.lines.some((l) => /^NOTIFY pid=\d+ (MAINPID=\d+ )?STOPPING=1$/.test(l)));
+  t.true(daemon.lines.includes('<6>removed the registration from systemd-resolved'), daemon.lines.join('\n'));
+});
+
+test("without socket activation the unit's capabilities cannot bind port 53: exit 1 naming it", async (t) => {
+  const lab = await installedLab();
+  t.teardown(() => lab.dispose());
+  const daemon = await DaemonHandle.launch(lab.world, unitCapabilities()[0] ?? 'setpriv', [
+    ...unitCapabilities().slice(1), INSTALLED, 'serve', '--bus', lab.busAddress, '--dns', '127.0.0.153:53',
+  ]); // prettier-ignore
+  t.is(await daemon.exited, 1);
+  const errors = daemon.lines.filter((l) => l.startsWith('<3>'));
+  t.is(errors.length, 1, daemon.lines.join('\n'));
+  t.regex(errors[0] ?? '', /127\.0\.0\.153:53/);
+  t.regex(errors[0] ?? '', /EACCES|permission denied/i);
 });

@@ -62,6 +62,24 @@ export interface ActivationOptions {
   readonly options?: readonly string[];
   /** Environment beyond the service's Environment= lines (e.g. DBUS_SYSTEM_BUS_ADDRESS). */
   readonly env?: Readonly<Record<string, string>>;
+  /** Words run before ExecStart= (e.g. unitCapabilities()), after the activators. */
+  readonly wrapper?: readonly string[];
+}
+
+/**
+ * The part of the service's sandbox that holds without systemd: CapabilityBoundingSet= and
+ * NoNewPrivileges=, applied with setpriv(1) to a root process as systemd applies them (its
+ * effective set becomes the bounding set). The rest (ProtectSystem=, the seccomp filter, …) needs
+ * systemd as PID 1.
+ */
+export function unitCapabilities(): string[] {
+  const service = UnitFile.read(SERVICE_UNIT);
+  const caps = service
+    .one('Service', 'CapabilityBoundingSet')
+    .split(/\s+/)
+    .map((c) => `+${c.replace(/^CAP_/, '').toLowerCase()}`);
+  const nnp = service.one('Service', 'NoNewPrivileges') === 'yes' ? ['--no-new-privs'] : [];
+  return ['setpriv', `--bounding-set=-all,${caps.join(',')}`, ...nnp, '--'];
 }
 
 /**
@@ -95,6 +113,7 @@ export function socketActivation(opts: ActivationOptions = {}): { command: strin
     ...stream.flatMap(([address]) => ['--listen', address]),
     `--fdname=${names}`,
     ...env.flatMap((e) => ['--setenv', e]),
+    ...(opts.wrapper ?? []),
     ...execStart,
   ];
   if (datagram.length === 0) return { command: 'systemd-socket-activate', args: inner };
