@@ -115,3 +115,38 @@ test('npm pack ships the unit files', async (t) => {
   for (const unit of [SERVICE_UNIT, ...SOCKET_UNITS]) t.true(paths.includes(`units/${unit}`), unit);
   t.true(paths.includes('bin/mymachinesd'));
 });
+
+test('the documented install puts the command where ExecStart= expects it, and verify accepts the installed units', async (t) => {
+  // `npm install -g --prefix /usr/local` of the packed tarball, into a World whose /usr/local is an
+  // empty tmpfs; --offline: the dependencies come from npm's cache (filled by `npm ci`), never the
+  // network.
+  const world = await World.create({ emptyDirs: ['/usr/local'] });
+  t.teardown(() => world.dispose());
+  const packed = await run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', world.dir]);
+  t.is(packed.code, 0, packed.stderr);
+  const [tarball] = (JSON.parse(packed.stdout) as { filename: string }[]).map((p) =>
+    join(world.dir, p.filename),
+  );
+  const install = await world.exec(
+    'npm',
+    ['install', '--global', '--prefix', '/usr/local', '--offline', '--no-audit', '--no-fund', tarball ?? ''],
+    { mountOnly: true, timeoutMs: 120_000 },
+  );
+  if (install.code !== 0 && /ENOTCACHED/.test(install.stderr)) {
+    t.pass(
+      `skipped: npm's cache lacks a dependency and the test never downloads one (${install.stderr.split('\n')[0] ?? ''})`,
+    );
+    return;
+  }
+  t.is(install.code, 0, install.stderr);
+  const version = await world.exec(INSTALLED, ['--version'], { mountOnly: true });
+  t.is(version.stdout, 'mymachinesd 0.1.0\n', version.stderr);
+  const installedUnits = [SERVICE_UNIT, ...SOCKET_UNITS].map(
+    (u) => `/usr/local/lib/node_modules/mymachinesd/units/${u}`,
+  );
+  const verify = await world.exec('systemd-analyze', ['verify', '--man=no', ...installedUnits], {
+    mountOnly: true,
+  });
+  t.is(verify.code, 0, verify.stderr);
+  t.is(verify.stderr.trim(), '');
+});
