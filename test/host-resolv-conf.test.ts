@@ -10,7 +10,6 @@ import test from 'ava';
 import { readFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { once } from 'node:events';
 import { DaemonHandle } from './support/daemon.js';
 import { parseDigOutput } from './support/dig.js';
 import { LAB_MACHINES, MachinedLab, type LabMachineSpec } from './support/machined-lab.js';
@@ -157,13 +156,18 @@ print("client " + peer[0] + " " + line, flush=True)
 c.close()
 `;
 
-/** Reads a child's stdout line by line; '' once it has ended. */
-function lineReader(child: ChildProcess): () => Promise<string> {
+/** Reads a child's stdout line by line: the next line, or '' once it has ended or after `ms`. */
+function lineReader(child: ChildProcess): (ms: number) => Promise<string> {
   if (!child.stdout) throw new Error('no stdout');
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
-  return async () => {
-    const next = await lines.next();
-    return next.done === true ? '' : next.value;
+  return async (ms) => {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<string>((resolve) => (timer = setTimeout(() => resolve(''), ms)));
+    try {
+      return await Promise.race([lines.next().then((n) => (n.done === true ? '' : n.value)), late]);
+    } finally {
+      clearTimeout(timer);
+    }
   };
 }
 
@@ -174,13 +178,12 @@ test.serial('ssh alpha resolves the name and connects to a listener inside the c
   const server = await lab.world.spawn('nsenter', ['-t', String(leader), '-n', '--', '/usr/bin/python3', '-c', BANNER_SERVER]); // prettier-ignore
   t.teardown(() => lab.world.stop(server, 'SIGKILL'));
   const nextLine = lineReader(server);
-  t.is(await nextLine(), 'listening');
+  t.is(await nextLine(10_000), 'listening');
   // No host keys, no user: what this proves is name → address → TCP into the container's netns, and
   // that ssh speaks to what listens there (its banner). Authentication is not part of the set-up.
   const ssh = await exec(t, 'ssh', '-v', '-F', '/dev/null', '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=5', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', 'alpha', 'true'); // prettier-ignore
   t.regex(ssh.stderr, /debug1: Connecting to alpha \[(198\.51\.100\.11|fd42::11)\] port 22\./);
   t.regex(ssh.stderr, /debug1: Connection established\./);
   t.regex(ssh.stderr, /Remote protocol version 2\.0, remote software version mymachinesd-test/);
-  t.regex(await nextLine(), /^client \S+ SSH-2\.0-OpenSSH/);
-  await once(server, 'exit');
+  t.regex(await nextLine(5_000), /^client \S+ SSH-2\.0-OpenSSH/, ssh.stderr);
 });
