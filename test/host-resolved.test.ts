@@ -22,7 +22,23 @@ const REGISTERED =
 interface Ctx {
   lab: MachinedLab;
   resolved: ResolvedInstance;
-  daemon: DaemonHandle;
+  /** Every daemon started, the running one last (ava gives each test a shallow copy of the context). */
+  daemons: DaemonHandle[];
+}
+
+/** The daemon the tests are at. */
+function current(t: { context: unknown }): DaemonHandle {
+  const daemon = (t.context as Ctx).daemons.at(-1);
+  if (!daemon) throw new Error('no daemon');
+  return daemon;
+}
+
+/** Starts a daemon registering with resolved (waits for `ready`); it becomes current(). */
+async function startDaemon(t: { context: unknown }): Promise<DaemonHandle> {
+  const { lab, daemons } = t.context as Ctx;
+  const daemon = await DaemonHandle.start(lab.world, ['--bus', lab.busAddress, '--register-resolved']);
+  daemons.push(daemon);
+  return daemon;
 }
 
 test.before(async (t) => {
@@ -39,8 +55,8 @@ test.before(async (t) => {
   try {
     const resolved = new ResolvedInstance(lab.world, lab.busAddress);
     await resolved.start();
-    const daemon = await DaemonHandle.start(lab.world, ['--bus', lab.busAddress, '--register-resolved']);
-    t.context = { lab, resolved, daemon } satisfies Ctx;
+    t.context = { lab, resolved, daemons: [] } satisfies Ctx;
+    await startDaemon(t);
   } catch (err) {
     await lab.dispose();
     throw err;
@@ -48,8 +64,8 @@ test.before(async (t) => {
 });
 
 test.after.always(async (t) => {
-  const { lab, resolved, daemon } = t.context as Ctx;
-  await daemon.stop();
+  const { lab, resolved, daemons } = t.context as Ctx;
+  for (const daemon of daemons) await daemon.stop();
   await resolved.stop();
   await lab.dispose();
 });
@@ -104,7 +120,7 @@ async function assertResolves(t: ExecutionContext): Promise<void> {
 }
 
 test.serial('the registration is in place before the ready line (and READY=1)', (t) => {
-  const { daemon } = t.context as Ctx;
+  const daemon = current(t);
   const registered = daemon.lines.findIndex((l) => REGISTERED.test(l));
   const ready = daemon.lines.indexOf('<6>ready');
   t.true(registered >= 0 && registered < ready, daemon.lines.join('\n'));
@@ -136,7 +152,8 @@ test.serial(
 );
 
 test.serial('after resolved restarts with its state wiped, the daemon registers again', async (t) => {
-  const { resolved, daemon } = t.context as Ctx;
+  const { resolved } = t.context as Ctx;
+  const daemon = current(t);
   const mark = daemon.lines.length;
   await resolved.restart({ wipe: true });
   await daemon.waitFor(/^<6>systemd-resolved \(re\)appeared; re-applying the registration$/, 15_000, mark);
@@ -145,7 +162,8 @@ test.serial('after resolved restarts with its state wiped, the daemon registers 
 });
 
 test.serial('after its link is deleted, the daemon creates it again and registers again', async (t) => {
-  const { lab, daemon } = t.context as Ctx;
+  const { lab } = t.context as Ctx;
+  const daemon = current(t);
   const mark = daemon.lines.length;
   // resolved forgets a deleted link's settings; a new link has a new ifindex and none
   await lab.world.run('ip', ['link', 'del', LINK]);
@@ -157,7 +175,7 @@ test.serial('after its link is deleted, the daemon creates it again and register
 });
 
 test.serial('on SIGTERM the daemon reverts the link: no servers, and lookups fail', async (t) => {
-  const { daemon } = t.context as Ctx;
+  const daemon = current(t);
   t.is(await daemon.stop(), 0);
   t.true(daemon.lines.includes('<6>removed the registration from systemd-resolved'), daemon.lines.join('\n'));
   const status = await resolvectl(t, 'status', LINK);
@@ -169,11 +187,59 @@ test.serial('on SIGTERM the daemon reverts the link: no servers, and lookups fai
 });
 
 test.serial('a daemon started while resolved is down registers once resolved appears', async (t) => {
-  const ctx = t.context as Ctx;
-  await ctx.resolved.stop({ wipe: true });
-  ctx.daemon = await DaemonHandle.start(ctx.lab.world, ['--bus', ctx.lab.busAddress, '--register-resolved']);
-  await ctx.daemon.waitFor(/^<6>systemd-resolved is not running; will register when it appears$/);
-  await ctx.resolved.start();
-  await ctx.daemon.waitFor(REGISTERED);
+  const { resolved } = t.context as Ctx;
+  await current(t).stop();
+  await resolved.stop({ wipe: true });
+  const daemon = await startDaemon(t);
+  await daemon.waitFor(/^<6>systemd-resolved is not running; will register when it appears$/);
+  await resolved.start();
+  await daemon.waitFor(REGISTERED);
   await assertResolves(t);
+});
+
+test.serial(
+  'a stuck resolved delays ready by 5 s at most; the registration completes once it answers',
+  async (t) => {
+    const { resolved } = t.context as Ctx;
+    t.is(await current(t).stop(), 0);
+    const pid = resolved.pid;
+    if (pid === undefined) throw new Error('resolved is not running');
+    process.kill(pid, 'SIGSTOP');
+    t.teardown(() => {
+      process.kill(pid, 'SIGCONT');
+    });
+    const daemon = await startDaemon(t);
+    const ready = daemon.lines.indexOf('<6>ready');
+    const slow = daemon.lines.indexOf('<4>systemd-resolved registration is slow; ready without it for now');
+    t.true(slow >= 0 && slow < ready, daemon.lines.join('\n'));
+    t.false(daemon.lines.some((l) => REGISTERED.test(l)));
+    process.kill(pid, 'SIGCONT');
+    await daemon.waitFor(REGISTERED);
+    await assertResolves(t);
+  },
+);
+
+/** PIDs of the `ip -o monitor link` children of a process. */
+async function linkMonitors(lab: MachinedLab, parent: number): Promise<number[]> {
+  const out = await lab.world.run('ps', ['-o', 'pid=,args=', '--ppid', String(parent)]).catch(() => '');
+  return out.split('\n').flatMap((l) => {
+    const m = /^\s*(\d+)\s+ip -o monitor link$/.exec(l);
+    return m?.[1] ? [Number(m[1])] : [];
+  });
+}
+
+test.serial('a daemon killed outright leaves no link watcher behind', async (t) => {
+  const { lab } = t.context as Ctx;
+  const daemon = current(t);
+  const pid = daemon.child.pid ?? 0; // nsenter execs the daemon: one PID
+  const [monitor] = await linkMonitors(lab, pid);
+  t.truthy(monitor, 'the daemon watches its link');
+  await daemon.stop('SIGKILL');
+  // pidfd: wakes when the watcher exits (it was never our child, so no waitpid)
+  const gone = await lab.exec('/usr/bin/python3', [
+    '-c',
+    'import os, select, sys; fd = os.pidfd_open(int(sys.argv[1])); sys.exit(0 if select.select([fd], [], [], 5)[0] else 1)',
+    String(monitor),
+  ]);
+  t.is(gone.code, 0, `ip -o monitor link (${monitor ?? '?'}) is still running: ${gone.stderr}`);
 });

@@ -83,10 +83,14 @@ export async function ensureLink(name: string, logger: Logger): Promise<number> 
 
 /**
  * Calls `onDeleted` whenever the link `name` is deleted, following `ip -o monitor link` (lines
- * `Deleted 5: mymachines0: <…>`). Returns the function that stops watching.
+ * `Deleted 5: mymachines0: <…>`). Returns the function that stops watching. The monitor is started
+ * with a parent-death signal (setpriv, util-linux): if the daemon is killed outright it goes too,
+ * where it would otherwise live on until its next write to the closed pipe.
  */
 function watchLinkDeletion(name: string, onDeleted: () => void, logger: Logger): () => void {
-  const monitor = spawn('ip', ['-o', 'monitor', 'link'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const monitor = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'ip', '-o', 'monitor', 'link'], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
   let stopped = false;
   monitor.on('error', (err) => {
     logger.warn(`cannot watch link ${name} (${err.message}): if it is deleted, restart the daemon`);
