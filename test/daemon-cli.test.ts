@@ -4,12 +4,10 @@
  * reasons, SIGTERM while answers are in flight, and the `list` / `resolve` clients.
  */
 import test from 'ava';
-import { access, watch } from 'node:fs/promises';
-import { dirname, basename } from 'node:path';
 import { z } from 'zod';
 import { DaemonHandle } from './support/daemon.js';
 import { parseDigOutput } from './support/dig.js';
-import { LAB_MACHINES, MachinedLab } from './support/machined-lab.js';
+import { LAB_MACHINES, MachinedLab, pathExists, waitForPathGone } from './support/machined-lab.js';
 import { UPSTREAM_ANSWER, WorldUpstream } from './support/world-upstream.js';
 
 const STUB = '127.0.0.153';
@@ -40,24 +38,6 @@ test.after.always(async (t) => {
 
 const cli = (t: { context: unknown }, ...args: string[]): ReturnType<typeof DaemonHandle.run> =>
   DaemonHandle.run((t.context as Ctx).lab.world, args);
-
-const exists = (path: string): Promise<boolean> =>
-  access(path).then(
-    () => true,
-    () => false,
-  );
-
-/** Resolves once `path` is gone, watching its directory (no polling). */
-async function gone(path: string): Promise<void> {
-  const stop = new AbortController();
-  const events = watch(dirname(path), { signal: stop.signal });
-  try {
-    if (!(await exists(path))) return;
-    for await (const event of events) if (event.filename === basename(path) && !(await exists(path))) return;
-  } finally {
-    stop.abort();
-  }
-}
 
 const BAD_FLAGS: readonly (readonly string[])[] = [
   [],
@@ -92,8 +72,8 @@ test('a DNS address already in use exits 1 naming it, and removes the sockets it
   const errors = r.lines.filter((l) => l.startsWith('<3>'));
   t.is(errors.length, 1, r.lines.join('\n'));
   t.regex(errors[0] ?? '', /127\.0\.0\.153:53/);
-  t.false(await exists(lab.world.hostPath('/run/busy/userdb')));
-  t.false(await exists(lab.world.hostPath('/run/busy/control')));
+  t.false(await pathExists(lab.world.hostPath('/run/busy/userdb')));
+  t.false(await pathExists(lab.world.hostPath('/run/busy/control')));
 });
 
 test('a socket path that cannot be created exits 1 naming the listener and the path', async (t) => {
@@ -132,7 +112,7 @@ test('SIGTERM while a UDP and a TCP answer wait for the upstream: both are finis
   t.true(daemon.child.kill('SIGTERM'));
   await daemon.waitFor(/^<6>SIGTERM: stopping$/);
   // it has stopped accepting (the control socket is gone) but not exited: answers are owed
-  await gone(lab.world.hostPath(control));
+  await waitForPathGone(lab.world.hostPath(control));
   t.is(daemon.child.exitCode, null);
   const late = await lab.exec('dig', ['@127.0.0.154', '+time=1', '+tries=1', '+tcp', 'alpha.machine']);
   t.notRegex(late.stdout, /status: NOERROR/, 'no new TCP connections once stopping');
@@ -148,8 +128,8 @@ test('SIGTERM while a UDP and a TCP answer wait for the upstream: both are finis
   }
   t.is(await daemon.exited, 0);
   t.true(daemon.lines.includes('<6>stopped'));
-  t.false(await exists(lab.world.hostPath(userdb)));
-  t.false(await exists(lab.world.hostPath(control)));
+  t.false(await pathExists(lab.world.hostPath(userdb)));
+  t.false(await pathExists(lab.world.hostPath(control)));
 });
 
 test('resolve prints every address as a socket would use it, the link-local one with %ve-alpha', async (t) => {
@@ -213,7 +193,7 @@ test('the clients say clearly that the daemon is not running, and exit 1', async
     );
   }
   t.true(
-    await exists((t.context as Ctx).lab.world.hostPath(CONTROL)),
+    await pathExists((t.context as Ctx).lab.world.hostPath(CONTROL)),
     'the real daemon is running meanwhile',
   );
 });

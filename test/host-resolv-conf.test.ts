@@ -11,6 +11,7 @@ import { readFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { DaemonHandle } from './support/daemon.js';
+import { getentAddresses } from './support/getent.js';
 import { parseDigOutput } from './support/dig.js';
 import { LAB_MACHINES, MachinedLab, type LabMachineSpec } from './support/machined-lab.js';
 import { UPSTREAM_ANSWER, WorldUpstream } from './support/world-upstream.js';
@@ -68,16 +69,6 @@ test.after.always(async (t) => {
 const exec = (t: { context: unknown }, cmd: string, ...args: string[]): ReturnType<MachinedLab['exec']> =>
   (t.context as Ctx).lab.exec(cmd, args);
 
-/** The first column of getent's output, deduplicated. */
-const addresses = (stdout: string): string[] => [
-  ...new Set(
-    stdout
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => l.split(/\s+/)[0] ?? ''),
-  ),
-];
-
 test.serial('the stub skips itself in resolv.conf and forwards to the nameserver after it', (t) => {
   const { daemon } = t.context as Ctx;
   t.true(
@@ -98,9 +89,9 @@ test.serial(
     );
     const ahosts = await exec(t, 'getent', 'ahosts', 'alpha.machine');
     t.is(ahosts.code, 0, ahosts.stderr);
-    t.deepEqual(addresses(ahosts.stdout).sort(), [ALPHA_V4, ALPHA_V6].sort());
+    t.deepEqual(getentAddresses(ahosts.stdout).sort(), [ALPHA_V4, ALPHA_V6].sort());
     const v4 = await exec(t, 'getent', 'ahostsv4', 'alpha');
-    t.deepEqual(addresses(v4.stdout), [ALPHA_V4]);
+    t.deepEqual(getentAddresses(v4.stdout), [ALPHA_V4]);
   },
 );
 
@@ -129,7 +120,7 @@ test.serial('a name outside the zone is forwarded to the upstream; a missing mac
   await upstream.waitForQuery('www.example.org');
   const getent = await exec(t, 'getent', 'ahostsv4', 'mail.example.org');
   t.is(getent.code, 0, getent.stderr);
-  t.deepEqual(addresses(getent.stdout), [UPSTREAM_ANSWER]);
+  t.deepEqual(getentAddresses(getent.stdout), [UPSTREAM_ANSWER]);
   // The upstream answers every name, so only the stub can make this fail: its NXDOMAIN for a
   // machine that does not exist is final for glibc (no fallback to the next nameserver).
   const missing = await exec(t, 'getent', 'hosts', 'nosuch.machine');

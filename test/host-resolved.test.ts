@@ -9,6 +9,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { readFileSync } from 'node:fs';
 import { DaemonHandle } from './support/daemon.js';
+import { getentAddresses } from './support/getent.js';
 import { parseDigOutput } from './support/dig.js';
 import { LAB_MACHINES, MachinedLab } from './support/machined-lab.js';
 import { RESOLVED_WORLD, ResolvedInstance } from './support/resolved-lab.js';
@@ -75,17 +76,6 @@ const exec = (t: { context: unknown }, cmd: string, ...args: string[]): ReturnTy
 const resolvectl = (t: { context: unknown }, ...args: string[]): ReturnType<MachinedLab['exec']> =>
   exec(t, 'resolvectl', '--no-pager', ...args);
 
-/** The first column of getent's output, deduplicated and sorted. */
-const addresses = (stdout: string): string[] =>
-  [
-    ...new Set(
-      stdout
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => l.split(/\s+/)[0] ?? ''),
-    ),
-  ].sort();
-
 /** Every lookup path a host program uses, for alpha.machine and for the bare alpha. */
 async function assertResolves(t: ExecutionContext): Promise<void> {
   const full = await resolvectl(t, 'query', 'alpha.machine');
@@ -103,7 +93,7 @@ async function assertResolves(t: ExecutionContext): Promise<void> {
   for (const name of ['alpha.machine', 'alpha']) {
     const getent = await exec(t, 'getent', 'ahosts', name);
     t.is(getent.code, 0, `${name}: ${getent.stderr}`);
-    t.deepEqual(addresses(getent.stdout), [ALPHA_V4, ALPHA_V6].sort(), name);
+    t.deepEqual(getentAddresses(getent.stdout).sort(), [ALPHA_V4, ALPHA_V6].sort(), name);
   }
   const dig = parseDigOutput((await exec(t, 'dig', '@127.0.0.53', '+time=3', '+tries=1', 'alpha.machine', 'A')).stdout); // prettier-ignore
   t.is(dig.status, 'NOERROR');

@@ -8,11 +8,10 @@
  * container; the last tests add the real systemd-resolved 252.
  */
 import test from 'ava';
-import { access } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { BIN, DaemonHandle } from './support/daemon.js';
 import { parseDigOutput } from './support/dig.js';
-import { LAB_MACHINES, MachinedLab, type LabMachineSpec } from './support/machined-lab.js';
+import { LAB_MACHINES, MachinedLab, pathExists, type LabMachineSpec } from './support/machined-lab.js';
 import { RESOLVED_WORLD, ResolvedInstance } from './support/resolved-lab.js';
 import { socketActivation, unitCapabilities } from './support/unit-file.js';
 import type { WorldOptions } from './support/world.js';
@@ -40,12 +39,6 @@ async function dig(lab: MachinedLab, ...args: string[]): Promise<ReturnType<type
   const r = await lab.exec('dig', ['@127.0.0.153', '+time=10', '+tries=1', ...args]);
   return parseDigOutput(r.stdout);
 }
-
-const exists = (path: string): Promise<boolean> =>
-  access(path).then(
-    () => true,
-    () => false,
-  );
 
 test('started by systemd-socket-activate from the unit files, it serves DNS, userdb and control on the passed sockets', async (t) => {
   const lab = await installedLab();
@@ -99,8 +92,8 @@ test('started by systemd-socket-activate from the unit files, it serves DNS, use
 
   t.is(await daemon.stop(), 0);
   // the socket files belong to whoever bound them (systemd): a later start must find them in place
-  t.true(await exists(lab.world.hostPath(USERDB)));
-  t.true(await exists(lab.world.hostPath(CONTROL)));
+  t.true(await pathExists(lab.world.hostPath(USERDB)));
+  t.true(await pathExists(lab.world.hostPath(CONTROL)));
 });
 
 test('a passed userdb socket at another path answers as the service that path names', async (t) => {
