@@ -5,12 +5,14 @@
  * - order: domains and DefaultRoute=no first, DNS servers last, else the link is briefly a default
  *   route for every name;
  * - `(domain, false)` = search and routing domain, so `ssh web1` becomes `web1.machine`;
- * - settings live per ifindex and are lost when resolved loses its state or the link is re-created:
- *   re-apply whenever resolved gets a new bus owner;
+ * - settings live per ifindex and are lost when resolved loses its state or the link is deleted:
+ *   re-apply whenever resolved gets a new bus owner, and re-create the link (new ifindex) when it
+ *   is deleted (`ip -o monitor link`);
  * - its own stub 127.0.0.53 is refused as a server; a loopback address like 127.0.0.153 is fine.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { isIP } from 'node:net';
+import { createInterface } from 'node:readline';
 import { z } from 'zod';
 import { BusConnection, DBUS_NAME, isBusError, matchRule, type BusSignal } from '../registry-client/bus.js';
 import { parseAddress, AF_INET, AF_INET6 } from '../registry-client/address.js';
@@ -19,6 +21,7 @@ import type { Logger } from '../log.js';
 export const RESOLVE1_NAME = 'org.freedesktop.resolve1';
 const RESOLVE1_PATH = '/org/freedesktop/resolve1';
 const RESOLVE1_MANAGER = 'org.freedesktop.resolve1.Manager';
+const NO_SUCH_LINK = 'org.freedesktop.resolve1.NoSuchLink';
 
 export interface StubServer {
   readonly host: string;
@@ -78,6 +81,33 @@ export async function ensureLink(name: string, logger: Logger): Promise<number> 
   return ifindex;
 }
 
+/**
+ * Calls `onDeleted` whenever the link `name` is deleted, following `ip -o monitor link` (lines
+ * `Deleted 5: mymachines0: <…>`). Returns the function that stops watching. The monitor is started
+ * with a parent-death signal (setpriv, util-linux): if the daemon is killed outright it goes too,
+ * where it would otherwise live on until its next write to the closed pipe.
+ */
+function watchLinkDeletion(name: string, onDeleted: () => void, logger: Logger): () => void {
+  const monitor = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'ip', '-o', 'monitor', 'link'], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  let stopped = false;
+  monitor.on('error', (err) => {
+    logger.warn(`cannot watch link ${name} (${err.message}): if it is deleted, restart the daemon`);
+  });
+  monitor.on('exit', (code, signal) => {
+    if (!stopped)
+      logger.warn(`ip monitor link ended (${signal ?? String(code)}): a deleted ${name} will not be noticed`);
+  });
+  createInterface({ input: monitor.stdout }).on('line', (line) => {
+    if (/^Deleted \d+: ([^:@\s]+)/.exec(line)?.[1] === name) onDeleted();
+  });
+  return () => {
+    stopped = true;
+    monitor.kill();
+  };
+}
+
 /** The servers as resolved takes them: (family, bytes, port, SNI). A wildcard listener means loopback. */
 export function resolvedServers(servers: readonly StubServer[]): [number, Buffer, number, string][] {
   return servers.map((s) => {
@@ -90,18 +120,32 @@ export function resolvedServers(servers: readonly StubServer[]): [number, Buffer
 
 /**
  * Keeps the registration in place while the daemon runs: applies it now (if resolved runs), again
- * whenever resolved gets a new owner, and reverts it on `close()`.
+ * whenever resolved gets a new owner or the link has to be created again, and reverts it on
+ * `close()`.
  */
 export class ResolvedRegistration {
   private conn: BusConnection | undefined;
   private ifindex = 0;
   private applied = false;
   private closed = false;
+  /** Applications run one after the other (resolved's restart and a link's deletion may coincide). */
+  private queue: Promise<void> = Promise.resolve();
+  private stopWatching: (() => void) | undefined;
 
   constructor(private readonly opts: ResolvedRegistrationOptions) {}
 
   async start(): Promise<void> {
     this.ifindex = await ensureLink(this.opts.link, this.opts.logger);
+    this.stopWatching = watchLinkDeletion(
+      this.opts.link,
+      () => {
+        if (this.closed) return;
+        this.applied = false;
+        this.opts.logger.info(`link ${this.opts.link} was deleted; creating it again`);
+        void this.apply();
+      },
+      this.opts.logger,
+    );
     const conn = await BusConnection.open(this.opts.busAddress);
     this.conn = conn;
     conn.onSignal((s) => this.onSignal(s));
@@ -134,12 +178,17 @@ export class ResolvedRegistration {
     void this.apply();
   }
 
-  /** Applies the settings in the order resolved 252 needs (see the file comment). */
-  async apply(): Promise<void> {
+  /** Applies the settings in the order resolved 252 needs (see the file comment), after any pending. */
+  apply(): Promise<void> {
+    this.queue = this.queue.then(() => this.applyNow());
+    return this.queue;
+  }
+
+  private async applyNow(): Promise<void> {
     const conn = this.conn;
     if (!conn || this.closed) return;
     try {
-      // the link may have been re-created under a new ifindex meanwhile
+      // the link may have been deleted and created again (a new ifindex) meanwhile
       this.ifindex = await ensureLink(this.opts.link, this.opts.logger);
       const call = (member: string, signature: string, body: unknown[]): Promise<unknown[]> =>
         conn.call({
@@ -170,6 +219,8 @@ export class ResolvedRegistration {
   /** Reverts the link's settings (RevertLink) and closes the connection. */
   async close(): Promise<void> {
     this.closed = true;
+    this.stopWatching?.();
+    await this.queue;
     const conn = this.conn;
     if (!conn) return;
     if (this.applied && !conn.closed) {
@@ -186,7 +237,8 @@ export class ResolvedRegistration {
         });
         this.opts.logger.info('removed the registration from systemd-resolved');
       } catch (err) {
-        if (!isBusError(err, 'ServiceUnknown'))
+        // resolved gone, or the link gone (its settings went with it): nothing left to revert
+        if (!isBusError(err, 'ServiceUnknown') && !(isBusError(err) && err.dbusName === NO_SUCH_LINK))
           this.opts.logger.warn(
             `reverting the resolved registration failed: ${err instanceof Error ? err.message : String(err)}`,
           );

@@ -12,7 +12,9 @@
  * 2. The registry's first sync (bounded: every D-Bus call has a deadline).
  * 3. The DNS stub, so that it never answers NXDOMAIN for a machine that exists only because it
  *    started before it knew the machines (activated DNS sockets simply queue queries until then).
- * 4. `ready` (and READY=1 under systemd), then the resolved registration.
+ * 4. The first attempt at the resolved registration (bounded), so that once a unit ordered after
+ *    ours starts, or `systemctl start` returns, `resolvectl query web1.machine` already works.
+ * 5. `ready` (and READY=1 under systemd).
  */
 import { mkdir } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
@@ -30,6 +32,21 @@ import { notify } from './notify.js';
 import { ResolvedRegistration } from './resolved.js';
 
 export const VERSION = '0.1.0';
+
+/** How long `ready` waits for the first resolved registration (it goes on in the background). */
+const RESOLVED_START_DEADLINE_MS = 5_000;
+
+/** Waits for `work`, but no longer than `ms`; calls `onTimeout` if it gave up waiting. */
+async function within(ms: number, work: Promise<unknown>, onTimeout: () => void): Promise<void> {
+  const late = Symbol('late');
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<typeof late>((resolve) => (timer = setTimeout(() => resolve(late), ms)));
+  try {
+    if ((await Promise.race([work, deadline])) === late) onTimeout();
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /** A listener that could not be set up: exit 1 with a line naming it. */
 class ListenerFailure extends Error {
@@ -85,7 +102,7 @@ export async function serve(
   try {
     // 1. userdb and control: from memory, never waiting on D-Bus (see the file comment)
     if (config.userdb !== undefined) {
-      const service = basename(config.userdb);
+      const service = userdbService(config.userdb, inherited, logger);
       const server = new VarlinkServer({
         logger: prefixed(logger, 'userdb: '),
         info: { product: 'mymachinesd (userdb)', version: VERSION },
@@ -140,9 +157,7 @@ export async function serve(
       bound = await dns.start();
     }
 
-    // 4. ready
-    logger.info('ready');
-    await notify('READY=1', logger);
+    // 4. resolved
     if (config.resolvedLink !== undefined) {
       const servers = bound
         .filter((l) => l.transport === 'udp')
@@ -154,12 +169,19 @@ export async function serve(
         servers,
         logger,
       });
-      await running.resolved.start().catch((err: unknown) => {
+      const registered = running.resolved.start().catch((err: unknown) => {
         logger.error(
           `systemd-resolved registration: ${err instanceof Error ? err.message : String(err)}; serving without it`,
         );
       });
+      await within(RESOLVED_START_DEADLINE_MS, Promise.race([registered, stopSignal]), () =>
+        logger.warn('systemd-resolved registration is slow; ready without it for now'),
+      );
     }
+
+    // 5. ready
+    logger.info('ready');
+    await notify('READY=1', logger);
 
     const signal = await stopSignal;
     logger.info(`${signal}: stopping`);
@@ -205,7 +227,7 @@ async function listenVarlink(
   try {
     if (passed) {
       if (passed.kind.type !== 'unix-stream') throw new Error(`fd ${passed.fd} is not a unix stream socket`);
-      await server.listenFd(passed.fd);
+      await server.listenFd(passed.fd, passed.kind.path || undefined);
     } else {
       await mkdir(dirname(path), { recursive: true, mode: 0o755 });
       await server.listen(path, { mode });
@@ -215,6 +237,19 @@ async function listenVarlink(
       `${what}: cannot listen on ${passed ? `fd ${passed.fd}` : path}: ${err instanceof Error ? err.message : String(err)}`,
     );
   }
+}
+
+/**
+ * The userdb service name clients must send: the basename of the socket they connected to (that is
+ * how nss-systemd and userdbctl name it). With socket activation that is the socket unit's path,
+ * whatever --userdb says.
+ */
+function userdbService(flag: string, inherited: readonly InheritedSocket[], logger: Logger): string {
+  const passed = inherited.find((s) => s.name === 'userdb');
+  const path = passed?.kind.type === 'unix-stream' ? passed.kind.path : '';
+  if (path === '' || basename(path) === basename(flag)) return basename(flag);
+  logger.info(`userdb: the passed socket is ${path}, not ${flag}: answering as service ${basename(path)}`);
+  return basename(path);
 }
 
 /** machined silently gives such containers no names; we say so, once per machine. */

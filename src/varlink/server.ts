@@ -161,13 +161,16 @@ export class VarlinkServer {
         resolve();
       });
     });
-    this.listeners.push(server);
+    this.adopt(server);
     await chmod(path, options.mode ?? 0o666);
     this.logger.info(`varlink: listening on ${path}`);
   }
 
-  /** Listens on an inherited, already bound socket (systemd socket activation). */
-  async listenFd(fd: number): Promise<void> {
+  /**
+   * Listens on an inherited, already bound socket (systemd socket activation). `path` is where it is
+   * bound, for the log line; the socket file belongs to whoever bound it and is left in place.
+   */
+  async listenFd(fd: number, path?: string): Promise<void> {
     const server = this.netServer();
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -176,8 +179,8 @@ export class VarlinkServer {
         resolve();
       });
     });
-    this.listeners.push(server);
-    this.logger.info(`varlink: listening on inherited fd ${fd}`);
+    this.adopt(server);
+    this.logger.info(`varlink: listening on ${path ? `${path} (inherited fd ${fd})` : `inherited fd ${fd}`}`);
   }
 
   /**
@@ -217,10 +220,15 @@ export class VarlinkServer {
     const server = net.createServer({ allowHalfOpen: true }, (socket) => {
       this.accept(socket);
     });
+    return server;
+  }
+
+  /** Once listening: errors from here on are the listener's own (a failed listen() rejects instead). */
+  private adopt(server: net.Server): void {
     server.on('error', (err) => {
       this.logger.error(`varlink: listener failed: ${err.message}`);
     });
-    return server;
+    this.listeners.push(server);
   }
 
   private accept(socket: net.Socket): void {

@@ -14,6 +14,7 @@ export class DaemonHandle {
   readonly lines: string[] = [];
   private waiters: { re: RegExp; resolve: (line: string) => void }[] = [];
   readonly exited: Promise<number | null>;
+  private readonly out: Buffer[] = [];
 
   private constructor(
     readonly world: World,
@@ -24,8 +25,9 @@ export class DaemonHandle {
       this.lines.push(line);
       this.waiters = this.waiters.filter((w) => (w.re.test(line) ? (w.resolve(line), false) : true));
     });
-    child.stdout?.resume();
-    this.exited = once(child, 'exit').then(([code]) => code as number | null);
+    child.stdout?.on('data', (d: Buffer) => this.out.push(d));
+    // 'close', not 'exit': every line it wrote has been read by then
+    this.exited = once(child, 'close').then(([code]) => code as number | null);
   }
 
   /** Starts `mymachinesd serve ARGS…` in the World and waits for `ready` (or its exit). */
@@ -34,14 +36,23 @@ export class DaemonHandle {
     args: readonly string[],
     env: NodeJS.ProcessEnv = {},
   ): Promise<DaemonHandle> {
-    const child = await world.spawn(process.execPath, [BIN, 'serve', ...args], {
-      env: { ...process.env, ...env },
-    });
-    const daemon = new DaemonHandle(world, child);
-    const ready = daemon.waitFor(/^<6>ready$/, 30_000);
-    const code = await Promise.race([ready.then(() => undefined), daemon.exited]);
-    if (code !== undefined) throw new Error(`mymachinesd exited with ${code}:\n${daemon.lines.join('\n')}`);
+    const daemon = await DaemonHandle.launch(world, process.execPath, [BIN, 'serve', ...args], env);
+    await daemon.ready();
     return daemon;
+  }
+
+  /**
+   * Starts any command line that ends up as the daemon (a socket activator, a notify listener, the
+   * installed path) in the World, without waiting: its stderr lines are collected from the start.
+   */
+  static async launch(
+    world: World,
+    command: string,
+    args: readonly string[],
+    env: NodeJS.ProcessEnv = {},
+  ): Promise<DaemonHandle> {
+    const child = await world.spawn(command, args, { env: { ...process.env, ...env } });
+    return new DaemonHandle(world, child);
   }
 
   /** Starts it and expects it to exit (bad flags, a listener that cannot bind). */
@@ -49,14 +60,26 @@ export class DaemonHandle {
     world: World,
     args: readonly string[],
     env: NodeJS.ProcessEnv = {},
-  ): Promise<{ code: number | null; lines: string[] }> {
-    const child = await world.spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env } });
-    const daemon = new DaemonHandle(world, child);
-    return { code: await daemon.exited, lines: daemon.lines };
+  ): Promise<{ code: number | null; lines: string[]; stdout: string }> {
+    const daemon = await DaemonHandle.launch(world, process.execPath, [BIN, ...args], env);
+    return { code: await daemon.exited, lines: daemon.lines, stdout: daemon.stdout };
   }
 
-  waitFor(re: RegExp, timeoutMs = 15_000): Promise<string> {
-    const seen = this.lines.find((l) => re.test(l));
+  /** Waits for the `ready` line; throws with everything it logged if it exits first. */
+  async ready(timeoutMs = 30_000): Promise<void> {
+    const ready = this.waitFor(/^<6>ready$/, timeoutMs);
+    const code = await Promise.race([ready.then(() => undefined), this.exited]);
+    if (code !== undefined) throw new Error(`mymachinesd exited with ${code}:\n${this.lines.join('\n')}`);
+  }
+
+  /** Everything written to stdout so far. */
+  get stdout(): string {
+    return Buffer.concat(this.out).toString();
+  }
+
+  /** The first line matching `re` from line number `from` on (0: any line so far), or the next one. */
+  waitFor(re: RegExp, timeoutMs = 15_000, from = 0): Promise<string> {
+    const seen = this.lines.slice(from).find((l) => re.test(l));
     if (seen !== undefined) return Promise.resolve(seen);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(

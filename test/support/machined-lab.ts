@@ -8,7 +8,7 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { watch } from 'node:fs';
-import { access, mkdir, statfs, writeFile } from 'node:fs/promises';
+import { access, mkdir, statfs, watch as watchEvents, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -520,4 +520,31 @@ export async function waitForPath(path: string, timeoutMs = 10_000): Promise<voi
     watcher.on('change', check);
     check();
   });
+}
+
+/** Whether a path exists now. */
+export function pathExists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Resolves once a path is gone, watching its directory (no polling). */
+export async function waitForPathGone(path: string, timeoutMs = 10_000): Promise<void> {
+  const dir = path.slice(0, path.lastIndexOf('/'));
+  const name = path.slice(path.lastIndexOf('/') + 1);
+  const stop = new AbortController();
+  const timer = setTimeout(() => stop.abort(), timeoutMs);
+  try {
+    const events = watchEvents(dir, { signal: stop.signal });
+    if (!(await pathExists(path))) return;
+    for await (const event of events) if (event.filename === name && !(await pathExists(path))) return;
+  } catch (err) {
+    if (stop.signal.aborted) throw new Error(`${path} is still there after ${timeoutMs} ms`);
+    throw err;
+  } finally {
+    clearTimeout(timer);
+    stop.abort();
+  }
 }

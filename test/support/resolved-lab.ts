@@ -44,6 +44,11 @@ export class ResolvedInstance {
     return this.logs.join('');
   }
 
+  /** resolved's PID while it runs (nsenter execs it: the PID spawned is resolved's). */
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
   /** Starts resolved and waits until it owns its bus name. */
   async start(): Promise<void> {
     // resolved creates only the last level of its runtime directory

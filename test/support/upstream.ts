@@ -61,6 +61,20 @@ function respond(query: dnsPacket.DecodedPacket, count: number, truncated: boole
 }
 
 export async function startUpstream(t: ExecutionContext, behaviour: Behaviour): Promise<Upstream> {
+  const upstream = await listenUpstream(behaviour);
+  t.teardown(() => upstream.close());
+  return upstream;
+}
+
+/**
+ * The same upstream without a test context (e.g. in a process of its own inside a World); `close()`
+ * stops it. Listens on 127.0.0.1 and a free port unless told otherwise.
+ */
+export async function listenUpstream(
+  behaviour: Behaviour,
+  where: { address?: string; port?: number } = {},
+): Promise<Upstream & { close(): Promise<void> }> {
+  const address = where.address ?? '127.0.0.1';
   const seen: SeenQuery[] = [];
   const held: (() => void)[] = [];
   const waiters: ((q: SeenQuery) => void)[] = [];
@@ -104,7 +118,7 @@ export async function startUpstream(t: ExecutionContext, behaviour: Behaviour): 
         break;
     }
   });
-  udp.bind(0, '127.0.0.1');
+  udp.bind(where.port ?? 0, address);
   await once(udp, 'listening');
   const port = udp.address().port;
 
@@ -126,18 +140,19 @@ export async function startUpstream(t: ExecutionContext, behaviour: Behaviour): 
       }
     });
   });
-  tcp.listen(port, '127.0.0.1');
+  tcp.listen(port, address);
   await once(tcp, 'listening');
 
-  t.teardown(async () => {
+  const close = async (): Promise<void> => {
     udp.close();
     await new Promise<void>((resolve) => {
       tcp.close(() => {
         resolve();
       });
     });
-  });
+  };
   return {
+    close,
     port,
     seen,
     release: () => {
