@@ -138,6 +138,16 @@ export class FakeMachinedHandle {
     await this.test('Seed', 's', [JSON.stringify(machines)]);
   }
 
+  /** Registers machines without sending MachineNew (a lost signal). */
+  async seedQuietly(machines: FakeMachine[]): Promise<void> {
+    await this.test('SeedQuietly', 's', [JSON.stringify(machines)]);
+  }
+
+  /** Unregisters a machine without sending MachineRemoved (a lost signal). */
+  async dropQuietly(name: string): Promise<void> {
+    await this.test('DropQuietly', 's', [name]);
+  }
+
   /** Delays every answer to `member` (or all, when member is '') by `ms`. */
   async stall(member: string, ms: number): Promise<void> {
     if (member === '') await this.test('SetStall', 'u', [ms]);
