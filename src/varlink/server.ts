@@ -11,9 +11,16 @@
  * - 16 MiB of buffered input (VARLINK_BUFFER_MAX) and 16 MiB of queued output per connection.
  * Each connection answers its calls one after another, so replies keep call order even when a
  * handler is asynchronous.
+ *
+ * At the connection limit a new client is not turned away: the connection that has been idle the
+ * longest (no call being answered; a partial message does not count as activity) is closed to make
+ * room. machined has a per-UID limit below the total for this; Node cannot read a unix socket's peer
+ * credentials, so without eviction one local user holding 4096 idle connections would lock every
+ * nss-systemd lookup out. Real clients (nss-systemd, userdbctl, our CLI) connect per lookup.
  */
 import { chmod, lstat, unlink } from 'node:fs/promises';
 import net from 'node:net';
+import { performance } from 'node:perf_hooks';
 import type { Logger } from '../log.js';
 import { NulFramer, VARLINK_BUFFER_MAX } from './framing.js';
 import {
@@ -73,6 +80,8 @@ export const DEFAULT_MAX_CONNECTIONS = 4096;
 /** machined listens with SOMAXCONN (4096 on current kernels; the kernel caps it at net.core.somaxconn). */
 const LISTEN_BACKLOG = 4096;
 const DEFAULT_CLOSE_TIMEOUT_MS = 5000;
+/** The warning about the connection limit is repeated at most this often. */
+const LIMIT_WARNING_INTERVAL_MS = 60_000;
 const DEFAULT_INFO: ServiceInfo = { vendor: 'mymachinesd', product: 'mymachinesd', version: '0', url: '' };
 
 interface Route {
@@ -100,6 +109,7 @@ export class VarlinkServer {
   private readonly closeTimeoutMs: number;
   private nextConnectionId = 1;
   private closing: Promise<void> | undefined;
+  private limitWarnedAt = Number.NEGATIVE_INFINITY;
 
   constructor(options: VarlinkServerOptions) {
     this.logger = options.logger;
@@ -225,6 +235,7 @@ export class VarlinkServer {
 
   private accept(socket: net.Socket): void {
     const id = this.nextConnectionId++;
+    if (this.closing === undefined && this.connections.size >= this.maxConnections) this.evictIdlest();
     if (this.closing !== undefined || this.connections.size >= this.maxConnections) {
       if (this.logger.enabled('debug'))
         this.logger.debug(
@@ -234,6 +245,23 @@ export class VarlinkServer {
       return;
     }
     this.connections.add(new Connection(socket, this.host, id));
+  }
+
+  /** Closes the connection idle the longest, if any is idle (see the file comment). */
+  private evictIdlest(): void {
+    let idlest: Connection | undefined;
+    for (const c of this.connections)
+      if (c.idle && (idlest === undefined || c.lastActiveAt < idlest.lastActiveAt)) idlest = c;
+    const now = performance.now();
+    if (now - this.limitWarnedAt >= LIMIT_WARNING_INTERVAL_MS) {
+      this.limitWarnedAt = now;
+      this.logger.warn(
+        `varlink: ${this.connections.size} connections open, the limit: ${idlest ? 'closing the longest idle ones to accept new ones' : 'none is idle, refusing new ones'}`,
+      );
+    }
+    if (!idlest) return;
+    this.connections.delete(idlest); // its slot is free now, even before its socket has closed
+    idlest.destroy('evicted at the connection limit (idle the longest)');
   }
 }
 
@@ -246,6 +274,8 @@ export class VarlinkServer {
  */
 class Connection {
   readonly closed: Promise<void>;
+  /** performance.now() of the accept, or of the last complete message or finished answer. */
+  lastActiveAt = performance.now();
   private state: 'open' | 'ending' | 'closed' = 'open';
   private readonly framer: NulFramer;
   private readonly queue: Buffer[] = [];
@@ -285,6 +315,11 @@ class Connection {
     });
   }
 
+  /** Nothing to answer and nothing being answered: closing it loses no reply. */
+  get idle(): boolean {
+    return this.state === 'open' && !this.busy && this.queue.length === 0;
+  }
+
   /** Server is closing: finish the call in progress, answer nothing new, then end. */
   shutdown(): void {
     if (this.state !== 'open') return;
@@ -309,6 +344,7 @@ class Connection {
       this.queue.push(message);
       this.queuedBytes += message.length;
     }
+    if (framed.messages.length > 0) this.lastActiveAt = performance.now();
     if (this.queuedBytes + this.framer.bufferedBytes > this.host.maxInputBytes) {
       this.violation(`more than ${this.host.maxInputBytes} bytes of unanswered input`);
       return;
@@ -352,6 +388,7 @@ class Connection {
 
   private resume(): void {
     this.busy = false;
+    this.lastActiveAt = performance.now();
     if (this.state === 'ending') {
       this.end();
       return;

@@ -17,11 +17,17 @@ export interface Leader {
   readonly child: ChildProcess;
 }
 
-/** A leader in a new user namespace whose uid_map and gid_map are `idMap` (e.g. `0 300000 65536`). */
-export async function startUsernsLeader(world: World, idMap: string): Promise<Leader> {
-  const child = await world.spawn('/usr/bin/python3', [LEADER_PY, '--user', '--become-root'], {
-    stdin: 'pipe',
-  });
+/**
+ * A leader in a new user namespace whose uid_map and gid_map are `idMap` (e.g. `0 300000 65536`);
+ * with `root`, that directory is its root (/proc/PID/root), as a container's tree would be.
+ */
+export async function startUsernsLeader(
+  world: World,
+  idMap: string,
+  opts: { root?: string } = {},
+): Promise<Leader> {
+  const args = [LEADER_PY, '--user', '--become-root', ...(opts.root ? [`--root=${opts.root}`] : [])];
+  const child = await world.spawn('/usr/bin/python3', args, { stdin: 'pipe' });
   const pid = child.pid;
   if (pid === undefined || !child.stdout || !child.stdin) throw new Error('leader did not start');
   const lines = createInterface({ input: child.stdout });
