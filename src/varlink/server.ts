@@ -50,6 +50,12 @@ export interface VarlinkServerOptions {
   readonly maxConnections?: number;
   /** Buffered input per connection, incomplete message and queued calls together. */
   readonly maxInputBytes?: number;
+  /**
+   * Buffered input over all connections (default 64 MiB, four maximal messages). Beyond it, the
+   * connection holding the most is dropped: every connection may send 16 MiB, but 4096 of them
+   * must not make us hold 64 GiB.
+   */
+  readonly maxTotalInputBytes?: number;
   /** Output queued per connection for a peer that does not read; beyond it the peer is dropped. */
   readonly maxOutputBytes?: number;
   /** How long close() lets in-flight replies finish before it drops the remaining connections. */
@@ -77,6 +83,7 @@ export class ListenError extends Error {
 }
 
 export const DEFAULT_MAX_CONNECTIONS = 4096;
+export const DEFAULT_MAX_TOTAL_INPUT_BYTES = 4 * VARLINK_BUFFER_MAX;
 /** machined listens with SOMAXCONN (4096 on current kernels; the kernel caps it at net.core.somaxconn). */
 const LISTEN_BACKLOG = 4096;
 const DEFAULT_CLOSE_TIMEOUT_MS = 5000;
@@ -96,6 +103,8 @@ interface ConnectionHost {
   readonly maxOutputBytes: number;
   route(method: string): Route | undefined;
   forget(connection: Connection): void;
+  /** The connection's buffered input changed by `delta` bytes. */
+  inputHeld(connection: Connection, delta: number): void;
 }
 
 export class VarlinkServer {
@@ -110,6 +119,9 @@ export class VarlinkServer {
   private nextConnectionId = 1;
   private closing: Promise<void> | undefined;
   private limitWarnedAt = Number.NEGATIVE_INFINITY;
+  private readonly maxTotalInputBytes: number;
+  private totalInput = 0;
+  private budgetWarnedAt = Number.NEGATIVE_INFINITY;
 
   constructor(options: VarlinkServerOptions) {
     this.logger = options.logger;
@@ -121,7 +133,11 @@ export class VarlinkServer {
       maxOutputBytes: options.maxOutputBytes ?? VARLINK_BUFFER_MAX,
       route: (name) => this.routes.get(name),
       forget: (connection) => this.connections.delete(connection),
+      inputHeld: (connection, delta) => {
+        this.inputHeld(connection, delta);
+      },
     };
+    this.maxTotalInputBytes = options.maxTotalInputBytes ?? DEFAULT_MAX_TOTAL_INPUT_BYTES;
     this.addInterface(
       orgVarlinkService(
         { ...DEFAULT_INFO, ...options.info },
@@ -247,6 +263,22 @@ export class VarlinkServer {
     this.connections.add(new Connection(socket, this.host, id));
   }
 
+  /** Keeps the total of buffered input; over budget, drops the connection that holds the most. */
+  private inputHeld(connection: Connection, delta: number): void {
+    this.totalInput += delta;
+    if (delta <= 0 || this.totalInput <= this.maxTotalInputBytes) return;
+    let largest = connection;
+    for (const c of this.connections) if (c.inputBytes > largest.inputBytes) largest = c;
+    const now = performance.now();
+    if (now - this.budgetWarnedAt >= LIMIT_WARNING_INTERVAL_MS) {
+      this.budgetWarnedAt = now;
+      this.logger.warn(
+        `varlink: more than ${this.maxTotalInputBytes} bytes of unanswered input over all connections: dropping the connections that hold the most`,
+      );
+    }
+    largest.destroy(`holds ${largest.inputBytes} of ${this.totalInput} bytes of input over all connections`);
+  }
+
   /** Closes the connection idle the longest, if any is idle (see the file comment). */
   private evictIdlest(): void {
     let idlest: Connection | undefined;
@@ -280,6 +312,8 @@ class Connection {
   private readonly framer: NulFramer;
   private readonly queue: Buffer[] = [];
   private queuedBytes = 0;
+  /** queuedBytes + the framer's partial message, as last reported to the server. */
+  private held = 0;
   private busy = false;
   /** The peer shut down its sending side: end ours once its calls are answered. */
   private inputEnded = false;
@@ -309,10 +343,16 @@ class Connection {
     socket.on('close', () => {
       this.state = 'closed';
       this.queue.length = 0;
+      this.release();
       this.wakeDrainWaiters();
       host.forget(this);
       markClosed();
     });
+  }
+
+  /** Bytes of input this connection holds: calls not answered yet and an incomplete message. */
+  get inputBytes(): number {
+    return this.held;
   }
 
   /** Nothing to answer and nothing being answered: closing it loses no reply. */
@@ -330,7 +370,24 @@ class Connection {
 
   destroy(reason: string): void {
     this.debug(`dropped: ${reason}`);
+    this.release();
     this.socket.destroy();
+  }
+
+  /** Tells the server how much input this connection holds now. */
+  private report(): void {
+    const held = this.state === 'closed' ? 0 : this.queuedBytes + this.framer.bufferedBytes;
+    const delta = held - this.held;
+    this.held = held;
+    if (delta !== 0) this.host.inputHeld(this, delta);
+  }
+
+  /** Holds nothing any more (closing): the server's total goes down at once. */
+  private release(): void {
+    this.state = 'closed';
+    this.queue.length = 0;
+    this.queuedBytes = 0;
+    this.report();
   }
 
   private receive(chunk: Buffer): void {
@@ -349,6 +406,8 @@ class Connection {
       this.violation(`more than ${this.host.maxInputBytes} bytes of unanswered input`);
       return;
     }
+    this.report();
+    if (this.state !== 'open') return; // dropped by the server to stay within its total budget
     this.pump();
   }
 
@@ -370,6 +429,7 @@ class Connection {
         return;
       }
       this.queuedBytes -= message.length;
+      this.report();
       let pending: Promise<void> | undefined;
       try {
         pending = this.handle(message);
@@ -503,6 +563,7 @@ class Connection {
   private dropQueue(): void {
     this.queue.length = 0;
     this.queuedBytes = 0;
+    this.report();
   }
 
   /** Sends what is already queued, then closes the socket (also if the peer keeps it open). */
