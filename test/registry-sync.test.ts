@@ -221,7 +221,7 @@ test('[test double] an unreadable uid_map means no owner, and is re-read later',
           ? { kind: 'ok', ranges: [{ inner: 0, outer: 300000, count: 65536 }] }
           : { kind: 'unreadable', reason: 'EACCES' },
       ),
-    readAccounts: () => Promise.resolve([]),
+    readAccounts: () => Promise.resolve({ kind: 'unreadable', reason: 'ENOENT' }),
   };
   await fake.register('locked');
   const r = registry(fake.busAddress, { host, settleDelaysMs: [50, 100, 200, 400] });

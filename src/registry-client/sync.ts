@@ -22,7 +22,7 @@
  */
 import { BusConnection, isBusError, matchRule, DBUS_NAME, type BusError, type BusSignal } from './bus.js';
 import { formatAddress, isLinkLocal, AF_INET, AF_INET6 } from './address.js';
-import { procHost, sortLikeMachined, type HostReader, type MapRead } from './host.js';
+import { procHost, sortLikeMachined, type AccountsRead, type HostReader, type MapRead } from './host.js';
 import {
   MACHINE1_NAME,
   MACHINE1_SIGNAL_RULES,
@@ -121,8 +121,8 @@ export class Registry {
   private firstSync: { promise: Promise<void>; resolve: () => void };
   private readonly syncListeners = new Set<() => void>();
   private linkCache: { at: number; links: Promise<ReadonlyMap<number, string>> } | undefined;
-  /** `machine\0uid|gid` → why its map could not be read last time (warned once per reason). */
-  private readonly mapProblems = new Map<string, string>();
+  /** `machine\0topic` → the warning last given about reading its maps or accounts (given once). */
+  private readonly hostProblems = new Map<string, string>();
 
   constructor(private readonly options: RegistryOptions) {
     this.host = options.host ?? procHost;
@@ -289,8 +289,8 @@ export class Registry {
     clearTimeout(this.settleTimers.get(name));
     this.settleTimers.delete(name);
     this.leaderStarts.delete(name);
-    this.mapProblems.delete(`${name}\0uid`);
-    this.mapProblems.delete(`${name}\0gid`);
+    for (const topic of ['uid_map', 'gid_map', 'passwd', 'group'])
+      this.hostProblems.delete(`${name}\0${topic}`);
   }
 
   // ---- resync -----------------------------------------------------------------------------------
@@ -358,7 +358,9 @@ export class Registry {
         if (seq !== undefined) state.fresh.set(l.name, seq);
       }
     });
-    // Keep the registration order of machines we already knew; new ones follow in listing order.
+    // Keep the registration order of machines we already knew; new ones follow in the order they
+    // were registered (their Timestamp), not in ListMachines' order, which is machined's hashmap
+    // order and changes with every machined process: the first owner of an id must not depend on it.
     const ordered: MachineRecord[] = [];
     for (const known of this.table.all()) {
       const r = byName.get(known.name);
@@ -367,7 +369,7 @@ export class Registry {
         byName.delete(known.name);
       }
     }
-    ordered.push(...byName.values());
+    ordered.push(...[...byName.values()].sort(byRegistration));
     this.table.replaceAll(ordered);
     for (const r of ordered) this.startSettlingIfNeeded(r);
     this.finishSync(began);
@@ -491,10 +493,18 @@ export class Registry {
       uidMap = this.mapOr(await this.host.readIdMap(record.leader, 'uid'), record.name, 'uid', known?.uidMap);
       gidMap = this.mapOr(await this.host.readIdMap(record.leader, 'gid'), record.name, 'gid', known?.gidMap);
       if (hasPrivateUserNamespace(uidMap) || hasPrivateUserNamespace(gidMap)) {
-        innerUsers =
-          (await this.host.readAccounts(record.leader, record.rootDirectory, 'passwd')) ?? known?.innerUsers;
-        innerGroups =
-          (await this.host.readAccounts(record.leader, record.rootDirectory, 'group')) ?? known?.innerGroups;
+        innerUsers = this.accountsOr(
+          await this.host.readAccounts(record.leader, record.rootDirectory, 'passwd'),
+          record,
+          'passwd',
+          known?.innerUsers,
+        );
+        innerGroups = this.accountsOr(
+          await this.host.readAccounts(record.leader, record.rootDirectory, 'group'),
+          record,
+          'group',
+          known?.innerGroups,
+        );
       }
     }
     return { ...record, ...addresses, uidMap, gidMap, innerUsers, innerGroups };
@@ -507,18 +517,56 @@ export class Registry {
     which: 'uid' | 'gid',
     known: readonly IdRange[] | undefined,
   ): readonly IdRange[] | undefined {
-    const key = `${machine}\0${which}`;
     if (read.kind === 'ok') {
-      this.mapProblems.delete(key);
+      this.hostProblem(machine, `${which}_map`, undefined);
       return read.ranges;
     }
-    if (this.mapProblems.get(key) !== read.reason) {
-      this.mapProblems.set(key, read.reason);
-      this.options.logger.warn(
-        `machine ${machine}: ${which}_map unreadable (${read.reason}); ${known ? 'keeping the map read before' : 'no users or groups for it until it can be read'}`,
-      );
-    }
+    this.hostProblem(
+      machine,
+      `${which}_map`,
+      `${which}_map unreadable (${read.reason}); ${known ? 'keeping the map read before' : 'no users or groups for it until it can be read'}`,
+    );
     return known;
+  }
+
+  /**
+   * Accounts just read, else those known before. Enumeration lists them; without any it lists only
+   * inner id 0, which is never a failure (lookups by id or name do not need them).
+   */
+  private accountsOr(
+    read: AccountsRead,
+    machine: MachineRecord,
+    which: 'passwd' | 'group',
+    known: readonly InnerAccount[] | undefined,
+  ): readonly InnerAccount[] | undefined {
+    if (read.kind === 'ok') {
+      this.hostProblem(
+        machine.name,
+        which,
+        read.leaderRootProblem === undefined
+          ? undefined
+          : `cannot read /proc/${machine.leader}/root/etc/${which} (${read.leaderRootProblem}; reading another process's root needs CAP_SYS_PTRACE); using ${machine.rootDirectory}/etc/${which}, the registered root directory`,
+      );
+      return read.accounts;
+    }
+    this.hostProblem(
+      machine.name,
+      which,
+      `cannot read the container's etc/${which} (${read.reason}); enumerating ${known ? `the accounts read before` : 'only inner id 0'}`,
+    );
+    return known;
+  }
+
+  /** Warns once per machine, topic and message; a later success (undefined) resets it. */
+  private hostProblem(machine: string, topic: string, message: string | undefined): void {
+    const key = `${machine}\0${topic}`;
+    if (message === undefined) {
+      this.hostProblems.delete(key);
+      return;
+    }
+    if (this.hostProblems.get(key) === message) return;
+    this.hostProblems.set(key, message);
+    this.options.logger.warn(`machine ${machine}: ${message}`);
   }
 
   private async readAddresses(
@@ -738,6 +786,12 @@ interface ResyncState {
   again: boolean;
   /** Machines the resync applied → the signal count when their fetch began. */
   readonly fresh: Map<string, number>;
+}
+
+/** Registration order: machined's Timestamp (CLOCK_REALTIME µs), then name for equal ones. */
+function byRegistration(a: MachineRecord, b: MachineRecord): number {
+  if (a.timestamp !== b.timestamp) return a.timestamp < b.timestamp ? -1 : 1;
+  return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
 }
 
 /** Failures that say nothing about the machine: ask again later, keep what is known meanwhile. */
