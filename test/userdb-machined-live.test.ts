@@ -64,6 +64,24 @@ function normaliseOwner(request: string, reply: string): string {
   return reply.replace(/v([ug])-twin-/g, 'v$1-testct-').replace(/Container twin"/g, 'Container testct"');
 }
 
+/**
+ * Whether a request names an id in the overlap together with a user or group name, and this
+ * machined process picks twin as the owner of the overlap (asked once, then remembered).
+ */
+let twinFirst: Promise<boolean> | undefined;
+async function machinedPicksTwin(machinedPath: string, request: string): Promise<boolean> {
+  const id = Number(/"[ug]id":(\d+)/.exec(request)?.[1]);
+  if (!/"(?:user|group)Name":/.test(request) || !(id >= OVERLAP.from && id < OVERLAP.to)) return false;
+  twinFirst ??= exchange(
+    machinedPath,
+    Buffer.from(
+      `{"method":"io.systemd.UserDatabase.GetUserRecord","parameters":{"service":"io.systemd.Machine","uid":${OVERLAP.from}}}\0`,
+    ),
+    1,
+  ).then((r) => r.replies.some((reply) => reply.includes('vu-twin-')));
+  return twinFirst;
+}
+
 const SENTINEL = '{"method":"io.systemd.UserDatabase.GetMemberships","parameters":{}}\0';
 const SENTINEL_REPLY = '{"error":"io.systemd.UserDatabase.BadService","parameters":{}}';
 
@@ -144,6 +162,17 @@ for (const group of [...new Set(cases.map((c) => c.group))]) {
       const difference = EXPECTED_DIFFERENCES.find(([pattern]) => pattern.test(c.request));
       if (difference) {
         t.notDeepEqual(ours, machined, `expected to differ (${difference[1]}): ${c.request}`);
+        continue;
+      }
+      // With both an id both own and a name, machined's answer (record or ConflictingRecordFound)
+      // depends on which owner it picked: renaming cannot normalise it. The recording was made
+      // with testct first (as we order), so it is the reference when this machined picked twin.
+      if (await machinedPicksTwin(lab.machinedUserdbPath, c.request)) {
+        t.deepEqual(
+          ours,
+          { replies: c.replies, end: c.end },
+          `${c.request} (as recorded: this machined picked twin)`,
+        );
         continue;
       }
       const normalised = {
