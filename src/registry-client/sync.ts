@@ -182,10 +182,16 @@ export class Registry {
     clearTimeout(this.leaderTimer);
     for (const t of this.settleTimers.values()) clearTimeout(t);
     this.settleTimers.clear();
-    this.conn?.close();
+    this.conn?.close(); // pending D-Bus calls fail at once
     this.firstSync.resolve();
-    await Promise.allSettled([...this.fetches.values()].map((f) => f.done));
-    await Promise.allSettled([...this.refreshes.values()]);
+    // Work still running reads /proc or a container's files; it gets a deadline too, so that a
+    // read that never returns cannot keep the daemon from exiting.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...[...this.fetches.values()].map((f) => f.done), ...this.refreshes.values()]),
+      new Promise<void>((resolve) => (timer = setTimeout(resolve, this.opts.callTimeoutMs))),
+    ]);
+    clearTimeout(timer);
   }
 
   // ---- connection -------------------------------------------------------------------------------
