@@ -52,6 +52,15 @@ const PORT_ATTEMPTS = 8;
 const LIMIT_WARNING_INTERVAL_MS = 60_000;
 /** Pending TCP connections the kernel queues for us (it caps this at net.core.somaxconn). */
 const TCP_BACKLOG = 4096;
+/**
+ * Receive buffer asked for each UDP socket. Node's event loop reads at most 32 datagrams per turn,
+ * so while a burst of TCP and Varlink work makes the turns long, queries wait in the kernel; the
+ * default buffer (208 KiB on Debian, ~200 small datagrams, 20 ms at 10,000 q/s) then overflows and
+ * queries are lost. 4 MiB (unbound's so-rcvbuf advice) holds most of a second. The kernel caps it at
+ * net.core.rmem_max; a .socket unit's ReceiveBuffer= is not capped (systemd sets it with
+ * SO_RCVBUFFORCE), and an inherited socket's buffer is raised to this only if it is smaller.
+ */
+const UDP_RECEIVE_BUFFER = 4 * 1024 * 1024;
 
 type State = 'new' | 'starting' | 'running' | 'closing' | 'closed';
 
@@ -394,6 +403,17 @@ export class DnsServer {
       type: family === 6 ? 'udp6' : 'udp4',
       lookup: family === 6 ? literalLookup6 : literalLookup4,
       ipv6Only: family === 6,
+    });
+    socket.once('listening', () => {
+      // Raised, never lowered: a buffer set by the service manager (ReceiveBuffer=) may be larger.
+      try {
+        if (socket.getRecvBufferSize() < UDP_RECEIVE_BUFFER) socket.setRecvBufferSize(UDP_RECEIVE_BUFFER);
+        if (this.debug) this.logger.debug(`dns: udp receive buffer ${socket.getRecvBufferSize()} bytes`);
+      } catch (error) {
+        this.logger.warn(
+          `dns: cannot raise the udp receive buffer: ${error instanceof Error ? error.message : String(error)}`,
+        );
+      }
     });
     socket.on('message', (message: Buffer, peer: dgram.RemoteInfo) => {
       this.onDatagram(socket, message, peer);
