@@ -78,6 +78,8 @@ export const procHost: HostReader = {
     // The leader's view of its root first (what the container really sees), then the registered
     // root directory: /proc/PID/root needs ptrace access to the leader (CAP_SYS_PTRACE, or root).
     const fromLeader = await readContainerFile(`/proc/${pid}/root`, which);
+    if (fromLeader.kind === 'unreadable' && (fromLeader.reason === 'EACCES' || fromLeader.reason === 'EPERM'))
+      fromLeader.reason += ": reading another process's root needs CAP_SYS_PTRACE";
     if (fromLeader.kind === 'ok')
       return {
         kind: 'ok',
@@ -204,7 +206,7 @@ function runJson<T extends z.ZodType>(args: readonly string[], schema: T): Promi
 async function readContainerFile(
   root: string,
   which: 'passwd' | 'group',
-): Promise<{ kind: 'ok'; text: string } | { kind: 'unreadable'; reason: string }> {
+): Promise<{ readonly kind: 'ok'; readonly text: string } | { readonly kind: 'unreadable'; reason: string }> {
   let handle;
   try {
     const etc = await lstat(`${root}/etc`);

@@ -551,7 +551,7 @@ export class Registry {
         which,
         read.leaderRootProblem === undefined
           ? undefined
-          : `cannot read /proc/${machine.leader}/root/etc/${which} (${read.leaderRootProblem}; reading another process's root needs CAP_SYS_PTRACE); using ${machine.rootDirectory}/etc/${which}, the registered root directory`,
+          : `cannot read /proc/${machine.leader}/root/etc/${which} (${read.leaderRootProblem}); using ${machine.rootDirectory}/etc/${which}, the registered root directory`,
       );
       return read.accounts;
     }

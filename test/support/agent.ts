@@ -239,6 +239,16 @@ export class AgentHandle {
     return this.request(ClientsResult, { op: 'clients', ...opts });
   }
 
+  /** Serves as an upstream DNS server on `target` (answers 203.0.113.1 to everything). */
+  async upstream(target: DnsTarget): Promise<void> {
+    await this.request(z.object({ listening: z.literal(true) }), { op: 'upstream', ...target });
+  }
+
+  /** The question names the upstream has been asked so far. */
+  async upstreamSeen(): Promise<string[]> {
+    return (await this.request(z.object({ seen: z.array(z.string()) }), { op: 'upstream-seen' })).seen;
+  }
+
   async stop(): Promise<void> {
     this.child.stdin?.end();
     await this.world.stop(this.child);

@@ -33,15 +33,24 @@ export class DaemonHandle {
     this.exited = once(child, 'exit').then(([code]) => code as number | null);
   }
 
-  /** Starts `mymachinesd serve ARGS…` in the World and waits for `ready` (or its exit). */
+  /**
+   * Starts `mymachinesd serve ARGS…` in the World and waits for `ready` (or its exit). `prefix` is a
+   * command that execs the daemon in the end (the socket activator, setpriv), keeping its PID.
+   */
   static async start(
     world: World,
     args: readonly string[],
     env: NodeJS.ProcessEnv = {},
+    opts: { prefix?: readonly string[] } = {},
   ): Promise<DaemonHandle> {
-    const child = await world.spawn(process.execPath, [BIN, 'serve', ...args], {
-      env: { ...process.env, ...env },
-    });
+    const [cmd = process.execPath, ...rest] = [
+      ...(opts.prefix ?? []),
+      process.execPath,
+      BIN,
+      'serve',
+      ...args,
+    ];
+    const child = await world.spawn(cmd, rest, { env: { ...process.env, ...env } });
     const daemon = new DaemonHandle(world, child);
     const ready = daemon.waitFor(/^<6>ready$/, 30_000);
     const code = await Promise.race([ready.then(() => undefined), daemon.exited]);

@@ -11,6 +11,7 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
+import * as dnsPacket from 'dns-packet';
 import { z } from 'zod';
 import { query, summarize, type QType } from './dns.js';
 
@@ -114,6 +115,13 @@ const Command = z.discriminatedUnion('op', [
     }),
     timeoutMs: z.number(),
   }),
+  /**
+   * An upstream DNS server (UDP and TCP on one address and port) answering every question with
+   * 203.0.113.1 and counting what it was asked: the target of the stub's forwarding.
+   */
+  z.object({ op: z.literal('upstream'), id: z.number(), ...dnsTarget }),
+  /** The questions the upstream has been asked so far. */
+  z.object({ op: z.literal('upstream-seen'), id: z.number() }),
 ]);
 type Command = z.infer<typeof Command>;
 
@@ -599,6 +607,51 @@ async function clients(c: Extract<Command, { op: 'clients' }>): Promise<Record<s
   };
 }
 
+// ---- upstream -------------------------------------------------------------------------------------
+
+const upstreamSeen: string[] = [];
+
+function upstreamAnswer(packet: Buffer): Buffer | undefined {
+  let decoded: dnsPacket.DecodedPacket;
+  try {
+    decoded = dnsPacket.decode(packet);
+  } catch {
+    return undefined;
+  }
+  const question = decoded.questions?.[0];
+  upstreamSeen.push(question?.name ?? '');
+  return dnsPacket.encode({
+    type: 'response',
+    id: decoded.id ?? 0,
+    flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE,
+    questions: decoded.questions ?? [],
+    answers: question ? [{ type: 'A', name: question.name, ttl: 60, data: '203.0.113.1' }] : [],
+  });
+}
+
+async function upstream(c: Extract<Command, { op: 'upstream' }>): Promise<Record<string, unknown>> {
+  const udp = udpSocket(c.server);
+  udp.on('message', (msg: Buffer, peer: dgram.RemoteInfo) => {
+    const reply = upstreamAnswer(msg);
+    if (reply) udp.send(reply, peer.port, peer.address);
+  });
+  await new Promise<void>((resolve) => udp.bind({ address: c.server, port: c.port }, resolve));
+  const tcp = net.createServer((socket) => {
+    let pending = Buffer.alloc(0);
+    socket.on('error', () => undefined);
+    socket.on('data', (chunk: Buffer) => {
+      pending = Buffer.concat([pending, chunk]);
+      while (pending.length >= 2 && pending.length >= 2 + pending.readUInt16BE(0)) {
+        const reply = upstreamAnswer(pending.subarray(2, 2 + pending.readUInt16BE(0)));
+        pending = pending.subarray(2 + pending.readUInt16BE(0));
+        if (reply) socket.write(framed(reply));
+      }
+    });
+  });
+  await new Promise<void>((resolve) => tcp.listen({ host: c.server, port: c.port }, resolve));
+  return { listening: true };
+}
+
 // ---- dispatch -----------------------------------------------------------------------------------
 
 async function run(c: Command): Promise<Record<string, unknown>> {
@@ -635,6 +688,10 @@ async function run(c: Command): Promise<Record<string, unknown>> {
       return load(c);
     case 'clients':
       return clients(c);
+    case 'upstream':
+      return upstream(c);
+    case 'upstream-seen':
+      return { seen: [...upstreamSeen] };
   }
 }
 
