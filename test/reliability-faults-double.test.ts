@@ -7,13 +7,17 @@
  * `mymachinesd list --json` must equal the double's machines and addresses.
  */
 import test, { type ExecutionContext } from 'ava';
+import { fileURLToPath } from 'node:url';
 import { AgentHandle, type DnsResult } from './support/agent.js';
 import { DaemonHandle } from './support/daemon.js';
 import { FakeMachinedHandle } from './support/fake.js';
 import type { FakeMachine } from './support/fake-machined.js';
+import { PrivateBus } from './support/dbus.js';
 import { startUsernsLeader } from './support/leaders.js';
 import { describeStats, Sampler, type Probe, type ProbeStats } from './support/sampler.js';
 import { World } from './support/world.js';
+
+const ACTIVATE_PY = fileURLToPath(new URL('../../test/support/activate.py', import.meta.url));
 
 const DEADLINE_MS = 250;
 const STUB = { server: '127.0.0.153', port: 53 };
@@ -210,4 +214,76 @@ test('[test double] 2,000 machines: killing machined and starting it again resyn
   t.log(synced.replace(/^<\d>/, ''));
   assertWithinDeadline(t, stats);
   await assertConverged(t, s);
+});
+
+test("[test double] a bus that resolves every client's groups through userdb (systemd #40562): the daemon connects, and reconnects after the bus restarts, while dbus-daemon waits on its userdb socket", async (t) => {
+  // A <policy group=…> rule makes dbus-daemon look up the groups of every connecting client
+  // (getgrouplist → nss-systemd → GetMemberships on every socket in /run/systemd/userdb, ours
+  // included) before the client's Hello is answered. A daemon that served userdb only when it was
+  // not waiting on the bus would deadlock here, as machined did (systemd #40562). The daemon runs as
+  // user `daemon` (uid 1): nss-systemd asks userdb about no one but root and nobody.
+  const world = await World.create();
+  t.teardown(() => world.dispose());
+  const bus = await PrivateBus.start({
+    world,
+    extraPolicy: '<policy group="adm"><allow send_type="method_call"/></policy>',
+  });
+  const fake = await FakeMachinedHandle.start({ bus });
+  t.teardown(() => fake.stop());
+  const leader = await startUsernsLeader(world, '0 300000 65536');
+  await fake.seed([machine('web', leader.pid, [[2, [192, 0, 2, 10]]])]);
+  const spec = JSON.stringify({
+    sockets: [
+      { name: 'userdb', kind: 'unix', path: USERDB, mode: 0o666 },
+      { name: 'control', kind: 'unix', path: CONTROL, mode: 0o666 },
+    ],
+  });
+  const daemon = await DaemonHandle.start(
+    world,
+    ['--bus', bus.address, '--no-dns', '--log-level', 'debug'],
+    {},
+    {
+      prefix: [
+        '/usr/bin/python3',
+        ACTIVATE_PY,
+        spec,
+        '--',
+        'setpriv',
+        '--reuid=1',
+        '--regid=1',
+        '--clear-groups',
+      ],
+    },
+  );
+  t.teardown(async () => {
+    await daemon.stop();
+  });
+  const askedThenConnected = (from: number): void => {
+    const lines = daemon.lines.slice(from);
+    const asked = lines.findIndex((l) =>
+      /userdb: varlink: connection \d+: call io\.systemd\.UserDatabase\.GetMemberships \(more\)/.test(l),
+    );
+    const connected = lines.findIndex((l) => /connected to unix:path=/.test(l));
+    t.true(asked >= 0, 'dbus-daemon asked our userdb socket about the connecting client');
+    t.true(connected > asked, 'and our connection completed after that answer, not before');
+  };
+  askedThenConnected(0);
+  const mark = daemon.lines.length;
+  await bus.kill('SIGKILL');
+  await daemon.waitForAfter(mark, /lost the bus/);
+  const started = performance.now();
+  await bus.restart();
+  await fake.startMachined();
+  await daemon.waitForAfter(mark, /synced 1 machine\(s\)/, 30_000);
+  t.log(
+    `reconnected and resynced ${(performance.now() - started).toFixed(0)} ms after the bus was started again`,
+  );
+  askedThenConnected(mark);
+  const agent = await AgentHandle.start(world);
+  t.teardown(() => agent.stop());
+  const r = await agent.varlink(USERDB, {
+    method: 'io.systemd.UserDatabase.GetUserRecord',
+    parameters: { service: 'io.mymachinesd.Machine', userName: 'vu-web-1000' },
+  });
+  t.regex(JSON.stringify(r), /"uid":301000/);
 });

@@ -477,6 +477,7 @@ class Connection {
       return undefined;
     }
     const call = parsed.call;
+    this.debug(`call ${call.method}${call.more ? ' (more)' : ''}${call.oneway ? ' (oneway)' : ''}`);
     const route = this.host.route(call.method);
     if (route === undefined) {
       // v252 drops a oneway call to an unknown method and keeps the connection (reference §4.5).

@@ -22,8 +22,9 @@ export class FakeMachinedHandle {
 
   private constructor(readonly bus: PrivateBus) {}
 
-  static async start(opts: { running?: boolean } = {}): Promise<FakeMachinedHandle> {
-    const bus = await PrivateBus.start();
+  /** On its own private bus, or on `bus` (which the caller stops). */
+  static async start(opts: { running?: boolean; bus?: PrivateBus } = {}): Promise<FakeMachinedHandle> {
+    const bus = opts.bus ?? (await PrivateBus.start());
     const fake = new FakeMachinedHandle(bus);
     if (opts.running ?? true) await fake.startMachined();
     return fake;
