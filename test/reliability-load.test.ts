@@ -11,6 +11,7 @@ import test, { type ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { AgentHandle, type LoadQuery } from './support/agent.js';
 import { DaemonHandle } from './support/daemon.js';
 import { FakeMachinedHandle } from './support/fake.js';
@@ -19,6 +20,7 @@ import { startUsernsLeader } from './support/leaders.js';
 import { World } from './support/world.js';
 
 const STUB = { server: '127.0.0.153', port: 53 };
+const ACTIVATE_PY = fileURLToPath(new URL('../../test/support/activate.py', import.meta.url));
 const USERDB = '/run/systemd/userdb/io.mymachinesd.Machine';
 const QPS = 10_000;
 const SECONDS = 60;
@@ -124,12 +126,24 @@ async function setup(t: ExecutionContext): Promise<LoadSetup> {
     ...Array.from({ length: 100 }, (_, i) => machine(`c${pad(i + 1)}`, process.pid, i + 1)),
     ...leaders.map((l, i) => machine(`u${i + 1}`, l.pid, 200 + i)),
   ]);
-  const daemon = await DaemonHandle.start(world, [
-    '--bus',
-    fake.busAddress,
-    '--dns',
-    `${STUB.server}:${STUB.port}`,
-  ]);
+  // The stub's sockets come by socket activation, as from a .socket unit with ReceiveBuffer=4M:
+  // the daemon asks for 4 MiB itself, but the kernel caps that at net.core.rmem_max (Debian's
+  // default is 208 KiB), which systemd's SO_RCVBUFFORCE is not. The test should not depend on the
+  // host's sysctl (and may not change it).
+  const spec = JSON.stringify({
+    sockets: [
+      { name: 'dns', kind: 'udp', host: STUB.server, port: STUB.port, rcvbuf: 4 * 1024 * 1024 },
+      { name: 'dns', kind: 'tcp', host: STUB.server, port: STUB.port },
+    ],
+  });
+  const daemon = await DaemonHandle.start(
+    world,
+    ['--bus', fake.busAddress],
+    {},
+    {
+      prefix: ['/usr/bin/python3', ACTIVATE_PY, spec, '--'],
+    },
+  );
   t.teardown(async () => {
     await daemon.stop();
   });

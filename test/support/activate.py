@@ -7,11 +7,15 @@ LISTEN_PID still names the daemon).
 usage: activate.py SPEC_JSON -- COMMAND [ARGS...]
 SPEC_JSON: {"sockets": [{"name": "dns", "kind": "udp"|"tcp", "host": "127.0.0.153", "port": 53},
                         {"name": "userdb", "kind": "unix", "path": "/run/...", "mode": 438}]}
+A socket may have "rcvbuf": BYTES, set with SO_RCVBUFFORCE as systemd's ReceiveBuffer= does (not
+capped by net.core.rmem_max: the activator is root).
 """
 import json
 import os
 import socket
 import sys
+
+SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; not in Python's socket module
 
 sep = sys.argv.index("--")
 spec = json.loads(sys.argv[1])
@@ -38,6 +42,8 @@ for s in spec["sockets"]:
         sock.bind(path)
         os.chmod(path, s.get("mode", 0o666))
         sock.listen(4096)
+    if "rcvbuf" in s:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, s["rcvbuf"])
     opened.append((s["name"], sock))
 
 # Move the sockets to 3, 4, ... (through a high range first, so that no number is clobbered).
