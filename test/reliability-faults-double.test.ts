@@ -19,7 +19,8 @@ import { World } from './support/world.js';
 
 const ACTIVATE_PY = fileURLToPath(new URL('../../test/support/activate.py', import.meta.url));
 
-const DEADLINE_MS = 250;
+/** As in reliability-faults-machined.test.ts: far below any client's first retry. */
+const DEADLINE_MS = 500;
 const STUB = { server: '127.0.0.153', port: 53 };
 const USERDB = '/run/systemd/userdb/io.mymachinesd.Machine';
 const CONTROL = '/run/mymachinesd/io.mymachinesd.Control';
@@ -108,14 +109,28 @@ function probes(s: Setup): Probe[] {
   ];
 }
 
-function assertWithinDeadline(t: ExecutionContext, stats: readonly ProbeStats[]): void {
+function assertWithinDeadline(
+  t: ExecutionContext,
+  stats: readonly ProbeStats[],
+  deadlineMs = DEADLINE_MS,
+): void {
   t.log(describeStats(stats));
   for (const s of stats) {
     t.true(s.count > 0, `${s.name}: never ran`);
     t.deepEqual(s.failures, [], `${s.name}: wrong replies`);
-    t.true(s.maxMs < DEADLINE_MS, `${s.name}: slowest reply ${s.maxMs.toFixed(1)} ms`);
+    t.true(
+      s.maxMs < deadlineMs,
+      `${s.name}: slowest reply ${s.maxMs.toFixed(1)} ms (deadline ${deadlineMs} ms)`,
+    );
   }
 }
+
+/**
+ * The 2,000-machine resync is about the daemon's one thread staying free while it works through
+ * thousands of D-Bus replies: a tighter bound. (Fetching every re-announced machine again on top of
+ * the resync made replies 250–1,500 ms late.)
+ */
+const RESYNC_DEADLINE_MS = 250;
 
 /** The daemon's machines and addresses equal the double's. */
 async function assertConverged(t: ExecutionContext, s: Setup): Promise<void> {
@@ -212,7 +227,7 @@ test('[test double] 2,000 machines: killing machined and starting it again resyn
   await sampler.more(10);
   const stats = await sampler.stop();
   t.log(synced.replace(/^<\d>/, ''));
-  assertWithinDeadline(t, stats);
+  assertWithinDeadline(t, stats, RESYNC_DEADLINE_MS);
   await assertConverged(t, s);
 });
 
