@@ -716,7 +716,8 @@ export class Registry {
    * or its fetch failed) is fetched; a served machine machined no longer lists (a lost
    * MachineRemoved) is fetched too, which drops it only if machined confirms it is gone: the listing
    * alone never removes anything, so a registration racing with it cannot be lost. A resync does
-   * all of this and more, so none runs meanwhile.
+   * all of this and more, so none runs meanwhile. The call never starts machined (NO_AUTO_START),
+   * and costs machined no more than the GetMachineAddresses calls of the same round.
    */
   private async reconcile(): Promise<void> {
     const client = this.client;
