@@ -563,11 +563,12 @@ export class Registry {
     return known;
   }
 
-  /** Warns once per machine, topic and message; a later success (undefined) resets it. */
+  /** Warns once per machine, topic and message; a later success (undefined) says so and resets it. */
   private hostProblem(machine: string, topic: string, message: string | undefined): void {
     const key = `${machine}\0${topic}`;
     if (message === undefined) {
-      this.hostProblems.delete(key);
+      if (this.hostProblems.delete(key))
+        this.options.logger.info(`machine ${machine}: ${topic} readable again`);
       return;
     }
     if (this.hostProblems.get(key) === message) return;
