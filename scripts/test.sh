@@ -11,4 +11,8 @@ npx --no-install eslint . || status=1
 npx --no-install prettier --check . || status=1
 echo '== tests (ava)' >&2
 npx --no-install ava "$@" || status=1
+if [ $# -eq 0 ]; then
+	echo '== load test (ava, alone: it keeps both cores busy)' >&2
+	npx --no-install ava --config ava.load.config.js || status=1
+fi
 exit $status

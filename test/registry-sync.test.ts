@@ -221,7 +221,7 @@ test('[test double] an unreadable uid_map means no owner, and is re-read later',
           ? { kind: 'ok', ranges: [{ inner: 0, outer: 300000, count: 65536 }] }
           : { kind: 'unreadable', reason: 'EACCES' },
       ),
-    readAccounts: () => Promise.resolve([]),
+    readAccounts: () => Promise.resolve({ kind: 'unreadable', reason: 'ENOENT' }),
   };
   await fake.register('locked');
   const r = registry(fake.busAddress, { host, settleDelaysMs: [50, 100, 200, 400] });
@@ -260,7 +260,7 @@ test('[test double] the first registered container owns a shared id, whatever or
     ...procHost,
     startTime: () => Promise.resolve(1),
     readIdMap: () => Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer: 500000, count: 65536 }] }),
-    readAccounts: () => Promise.resolve([]),
+    readAccounts: () => Promise.resolve({ kind: 'unreadable', reason: 'ENOENT' }),
   };
   await fake.register('zulu', { leader: 7001 });
   await fake.register('alpha', { leader: 7002 });
@@ -272,4 +272,26 @@ test('[test double] the first registered container owns a shared id, whatever or
     r.view.all().map((m) => m.name),
     ['zulu', 'alpha'],
   );
+});
+
+test('[test double] when the bus comes back before machined, the last known machines stay until it returns', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.register('kept');
+  await fake.setAddresses('kept', ['192.0.2.60']);
+  const r = registry(fake.busAddress, { reconnectMinMs: 20, reconnectMaxMs: 50 });
+  t.teardown(() => r.stop());
+  await r.start();
+  await fake.killMachined();
+  await fake.bus.kill();
+  const reconnected = new Promise<void>((resolve) => r.onSynced(resolve));
+  await fake.bus.restart(); // machined is not back yet
+  await reconnected;
+  t.true(r.status().busConnected);
+  t.is(r.status().machinedOwner, undefined);
+  t.deepEqual(addressesOf(r.view, 'kept'), ['192.0.2.60'], 'served as last seen');
+  await fake.startMachined(); // reloads its machines, as machined does from /run/systemd/machines
+  await fake.unregister('kept');
+  await until(r.view, (v) => v.byName('kept') === undefined);
+  t.pass();
 });

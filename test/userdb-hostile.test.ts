@@ -101,17 +101,27 @@ test('1000 idle connections do not keep a client from being answered', async (t)
   for (const peer of idle) peer.close();
 });
 
-test('connections beyond the limit are closed at once, and accepted again when others leave', async (t) => {
+test('at the connection limit the longest idle connection makes room, and the new client is answered', async (t) => {
   const { path, server } = await userdbServer(t, { maxConnections: 20 });
-  const idle = await Promise.all(Array.from({ length: 20 }, () => RawPeer.connect(path)));
-  await eventually(() => server.connectionCount === 20);
-  const refused = await RawPeer.connect(path);
-  refused.send(LOOKUP + '\0');
-  t.deepEqual((await refused.untilClosed()).messages, []);
-  idle[0]?.close();
-  await eventually(() => server.connectionCount < 20);
+  const idle: RawPeer[] = [];
+  for (let i = 0; i < 20; i++) {
+    idle.push(await RawPeer.connect(path)); // one after the other: idle[0] has been idle the longest
+    await eventually(() => server.connectionCount === i + 1);
+  }
+  // idle[1] sends half a message: a partial message is not activity, it keeps its place in line
+  idle[1]?.send(LOOKUP.slice(0, 20));
+  const newcomer = await RawPeer.connect(path);
+  newcomer.send(LOOKUP + '\0');
+  t.is(await newcomer.next(), `{"parameters":{"record":${RECORD}}}`);
+  await idle[0]?.closed;
+  t.is(server.connectionCount, 20);
+  const second = await RawPeer.connect(path);
+  second.send(LOOKUP + '\0');
+  t.is(await second.next(), `{"parameters":{"record":${RECORD}}}`);
+  await idle[1]?.closed;
+  t.false(idle[2]?.ended);
   await stillAnswers(t, path);
-  for (const peer of idle) peer.close();
+  for (const peer of [...idle, newcomer, second]) peer.close();
 });
 
 test('a client that never reads is not read from either, loses nothing and keeps its connection', async (t) => {

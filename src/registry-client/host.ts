@@ -3,9 +3,14 @@
  * and start time (/proc), the accounts inside a container (its /etc/passwd and /etc/group through
  * /proc/<leader>/root), link names, and neighbour entries (VM addresses). Behind an interface so
  * tests can inject faults (unreadable maps, stalls) and benchmarks synthetic data.
+ *
+ * Privileges: /proc/PID/uid_map, gid_map and stat are readable by anyone; /proc/PID/root is not
+ * (ptrace access: CAP_SYS_PTRACE or the same user). Without it, accounts come from the registered
+ * root directory if there is one and it is readable, else only inner id 0 is enumerated.
  */
 import { execFile } from 'node:child_process';
-import { open, readFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { lstat, open, readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { isLinkLocal, parseAddress } from './address.js';
 import { isValidUnixId, parseIdMap } from './idmap.js';
@@ -14,6 +19,18 @@ import type { IdRange, InnerAccount } from './view.js';
 export type MapRead =
   | { readonly kind: 'ok'; readonly ranges: readonly IdRange[] }
   /** The file could not be read (leader gone, no permission) or was malformed. */
+  | { readonly kind: 'unreadable'; readonly reason: string };
+
+/** Where a container's accounts came from, or why they could not be read. */
+export type AccountsRead =
+  | {
+      readonly kind: 'ok';
+      readonly accounts: InnerAccount[];
+      /** `leader-root`: /proc/PID/root (what the container sees); `root-directory`: the registered root. */
+      readonly source: 'leader-root' | 'root-directory';
+      /** Why /proc/PID/root could not be used, when the registered root directory stood in. */
+      readonly leaderRootProblem: string | undefined;
+    }
   | { readonly kind: 'unreadable'; readonly reason: string };
 
 export interface Neighbour {
@@ -26,12 +43,8 @@ export interface HostReader {
   readIdMap(pid: number, which: 'uid' | 'gid'): Promise<MapRead>;
   /** Start time of a process (clock ticks since boot), undefined when it does not exist. */
   startTime(pid: number): Promise<number | undefined>;
-  /** Accounts in the container's passwd or group file; undefined when unreadable. */
-  readAccounts(
-    pid: number,
-    rootDirectory: string,
-    which: 'passwd' | 'group',
-  ): Promise<InnerAccount[] | undefined>;
+  /** Accounts in the container's passwd or group file, and where they came from. */
+  readAccounts(pid: number, rootDirectory: string, which: 'passwd' | 'group'): Promise<AccountsRead>;
   /** ifindex → name for every link in the daemon's network namespace. */
   links(): Promise<ReadonlyMap<number, string>>;
   /** Usable neighbour entries on the given links. */
@@ -63,14 +76,34 @@ export const procHost: HostReader = {
 
   async readAccounts(pid, rootDirectory, which) {
     // The leader's view of its root first (what the container really sees), then the registered
-    // root directory (e.g. when /proc/<pid>/root is not accessible without CAP_SYS_PTRACE).
-    const candidates = [`/proc/${pid}/root/etc/${which}`];
-    if (rootDirectory.startsWith('/')) candidates.push(`${rootDirectory.replace(/\/+$/, '')}/etc/${which}`);
-    for (const path of candidates) {
-      const text = await readBounded(path, ACCOUNT_FILE_MAX);
-      if (text !== undefined) return parseAccounts(text);
-    }
-    return undefined;
+    // root directory: /proc/PID/root needs ptrace access to the leader (CAP_SYS_PTRACE, or root).
+    const fromLeader = await readContainerFile(`/proc/${pid}/root`, which);
+    if (fromLeader.kind === 'unreadable' && (fromLeader.reason === 'EACCES' || fromLeader.reason === 'EPERM'))
+      fromLeader.reason += ": reading another process's root needs CAP_SYS_PTRACE";
+    if (fromLeader.kind === 'ok')
+      return {
+        kind: 'ok',
+        accounts: parseAccounts(fromLeader.text),
+        source: 'leader-root',
+        leaderRootProblem: undefined,
+      };
+    if (!rootDirectory.startsWith('/'))
+      return {
+        kind: 'unreadable',
+        reason: `/proc/${pid}/root: ${fromLeader.reason}; no root directory registered`,
+      };
+    const fromRoot = await readContainerFile(rootDirectory.replace(/\/+$/, ''), which);
+    if (fromRoot.kind === 'ok')
+      return {
+        kind: 'ok',
+        accounts: parseAccounts(fromRoot.text),
+        source: 'root-directory',
+        leaderRootProblem: fromLeader.reason,
+      };
+    return {
+      kind: 'unreadable',
+      reason: `/proc/${pid}/root: ${fromLeader.reason}; ${rootDirectory}: ${fromRoot.reason}`,
+    };
   },
 
   async links() {
@@ -162,17 +195,36 @@ function runJson<T extends z.ZodType>(args: readonly string[], schema: T): Promi
   });
 }
 
-/** Reads a regular file of at most `max` bytes; anything else (device, FIFO, too large) is unreadable. */
-async function readBounded(path: string, max: number): Promise<string | undefined> {
+/**
+ * `<root>/etc/<which>` of a container, read with care: its tree belongs to the container, whose root
+ * may have put anything there. `etc` must be a real directory and the file a regular file of at most
+ * ACCOUNT_FILE_MAX bytes, opened without following a symlink (an absolute link would be resolved in
+ * OUR root — through /proc/PID/root too — and read a host file, or open a device) and without
+ * blocking (opening a FIFO for reading waits for a writer for ever, and would hold one of libuv's
+ * four threadpool threads, which every file read of the daemon shares).
+ */
+async function readContainerFile(
+  root: string,
+  which: 'passwd' | 'group',
+): Promise<{ readonly kind: 'ok'; readonly text: string } | { readonly kind: 'unreadable'; reason: string }> {
   let handle;
   try {
-    handle = await open(path, 'r');
+    const etc = await lstat(`${root}/etc`);
+    if (!etc.isDirectory()) return { kind: 'unreadable', reason: 'etc is not a directory' };
+    handle = await open(
+      `${root}/etc/${which}`,
+      constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY,
+    );
     const st = await handle.stat();
-    if (!st.isFile() || st.size > max) return undefined;
+    if (!st.isFile()) return { kind: 'unreadable', reason: `etc/${which} is not a regular file` };
+    if (st.size > ACCOUNT_FILE_MAX) return { kind: 'unreadable', reason: `etc/${which} is too large` };
     const text = await handle.readFile('utf8');
-    return text.length > max ? undefined : text;
-  } catch {
-    return undefined;
+    return text.length > ACCOUNT_FILE_MAX
+      ? { kind: 'unreadable', reason: `etc/${which} is too large` }
+      : { kind: 'ok', text };
+  } catch (err) {
+    // ELOOP: the file is a symlink (O_NOFOLLOW)
+    return { kind: 'unreadable', reason: errorCode(err) };
   } finally {
     await handle?.close();
   }

@@ -11,11 +11,18 @@
  * - Addresses: machined sends no signal when they change (reference §5.4). After MachineNew they are
  *   re-read on a short bounded schedule (the network comes up after registration), then every
  *   `refreshIntervalMs`. A removal applies at once and cancels everything pending for that name.
+ * - Every refresh round also reconciles the view with one ListMachines: a machine whose MachineNew
+ *   was lost or whose fetch failed (machined did not answer in time) is fetched again, and one whose
+ *   MachineRemoved was lost is checked and dropped. Signals alone would leave such a machine missing
+ *   or stale until machined restarts.
  * - The per-name epoch makes late results of a fetch for a machine removed meanwhile harmless.
+ * - What was read from /proc and could not be read again is kept while the leader is the same
+ *   process: a user namespace's maps are written once, so a failed re-read (EMFILE, a transient
+ *   error) says nothing new about them, and serving from what is known beats serving nothing.
  */
-import { BusConnection, isBusError, matchRule, DBUS_NAME, type BusSignal } from './bus.js';
+import { BusConnection, isBusError, matchRule, DBUS_NAME, type BusError, type BusSignal } from './bus.js';
 import { formatAddress, isLinkLocal, AF_INET, AF_INET6 } from './address.js';
-import { procHost, sortLikeMachined, type HostReader, type MapRead } from './host.js';
+import { procHost, sortLikeMachined, type AccountsRead, type HostReader, type MapRead } from './host.js';
 import {
   MACHINE1_NAME,
   MACHINE1_SIGNAL_RULES,
@@ -99,7 +106,11 @@ export class Registry {
   private readonly refreshes = new Map<string, Promise<void>>();
   private readonly settleTimers = new Map<string, NodeJS.Timeout>();
   private readonly leaderStarts = new Map<string, number>();
-  private resync: { queue: (() => void)[]; again: boolean } | undefined;
+  private resync: ResyncState | undefined;
+  /** Counts machine1 signals as they arrive: orders them against the fetches of a resync. */
+  private signalSeq = 0;
+  /** At most `concurrency` machines are fetched or refreshed at once, however many signals come. */
+  private readonly limit: <T>(work: () => Promise<T>) => Promise<T>;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private reconnectDelay: number;
   private refreshTimer: NodeJS.Timeout | undefined;
@@ -110,6 +121,8 @@ export class Registry {
   private firstSync: { promise: Promise<void>; resolve: () => void };
   private readonly syncListeners = new Set<() => void>();
   private linkCache: { at: number; links: Promise<ReadonlyMap<number, string>> } | undefined;
+  /** `machine\0topic` → the warning last given about reading its maps or accounts (given once). */
+  private readonly hostProblems = new Map<string, string>();
 
   constructor(private readonly options: RegistryOptions) {
     this.host = options.host ?? procHost;
@@ -123,6 +136,7 @@ export class Registry {
       reconnectMaxMs: options.reconnectMaxMs ?? DEFAULTS.reconnectMaxMs,
     };
     this.reconnectDelay = this.opts.reconnectMinMs;
+    this.limit = concurrencyLimit(this.opts.concurrency);
     let resolve: () => void = () => undefined;
     const promise = new Promise<void>((r) => (resolve = r));
     this.firstSync = { promise, resolve };
@@ -168,10 +182,16 @@ export class Registry {
     clearTimeout(this.leaderTimer);
     for (const t of this.settleTimers.values()) clearTimeout(t);
     this.settleTimers.clear();
-    this.conn?.close();
+    this.conn?.close(); // pending D-Bus calls fail at once
     this.firstSync.resolve();
-    await Promise.allSettled([...this.fetches.values()].map((f) => f.done));
-    await Promise.allSettled([...this.refreshes.values()]);
+    // Work still running reads /proc or a container's files; it gets a deadline too, so that a
+    // read that never returns cannot keep the daemon from exiting.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...[...this.fetches.values()].map((f) => f.done), ...this.refreshes.values()]),
+      new Promise<void>((resolve) => (timer = setTimeout(resolve, this.opts.callTimeoutMs))),
+    ]);
+    clearTimeout(timer);
   }
 
   // ---- connection -------------------------------------------------------------------------------
@@ -253,16 +273,16 @@ export class Registry {
     }
     const event = parseMachine1Signal(signal);
     if (!event) return;
+    const seq = ++this.signalSeq;
     if (event.kind === 'MachineRemoved') {
       // Applied at once, also during a resync: a removed machine is never served again.
       this.forget(event.name);
       if (this.table.remove(event.name)) this.options.logger.info(`machine ${event.name} removed`);
-      this.resync?.queue.push(() => this.forget(event.name));
+      this.resync?.queue.push({ kind: 'removed', name: event.name });
       return;
     }
-    const name = event.name;
-    if (this.resync) this.resync.queue.push(() => this.onMachineNew(name));
-    else this.onMachineNew(name);
+    if (this.resync) this.resync.queue.push({ kind: 'new', name: event.name, seq });
+    else this.onMachineNew(event.name);
   }
 
   private onMachineNew(name: string): void {
@@ -275,6 +295,8 @@ export class Registry {
     clearTimeout(this.settleTimers.get(name));
     this.settleTimers.delete(name);
     this.leaderStarts.delete(name);
+    for (const topic of ['uid_map', 'gid_map', 'passwd', 'group'])
+      this.hostProblems.delete(`${name}\0${topic}`);
   }
 
   // ---- resync -----------------------------------------------------------------------------------
@@ -284,50 +306,65 @@ export class Registry {
       this.resync.again = true;
       return;
     }
-    const state: { queue: (() => void)[]; again: boolean } = { queue: [], again: false };
+    const state: ResyncState = { queue: [], again: false, fresh: new Map() };
     this.resync = state;
     try {
       do {
         state.again = false;
-        await this.resyncOnce();
+        await this.resyncOnce(state);
       } while (state.again && !this.stopped);
     } catch (err) {
       this.noteError(`resync: ${describe(err)}`);
     } finally {
       this.resync = undefined;
-      for (const replay of state.queue) replay();
+      for (const event of state.queue) {
+        if (event.kind === 'removed') this.forget(event.name);
+        // A MachineNew that arrived before the resync's own fetch of that machine began is already
+        // reflected in what the resync applied: fetching again would only repeat it. After
+        // machined restarts, it announces every machine while we resync: this halves the calls.
+        else if (event.kind === 'retry' || (state.fresh.get(event.name) ?? -1) < event.seq)
+          this.onMachineNew(event.name);
+      }
       this.firstSync.resolve();
     }
   }
 
-  private async resyncOnce(): Promise<void> {
+  private async resyncOnce(state: ResyncState): Promise<void> {
     const client = this.client;
     if (!client) return;
     const began = Date.now();
     if (!this.owner) {
-      // No machined: nothing is registered (machined idle-exits only without machines).
-      if (this.table.all().length > 0) this.table.replaceAll([]);
+      // No machined on the bus. At start that means nothing is registered (the table is empty).
+      // Later — e.g. the bus came back before machined — the last known state stays: machined
+      // idle-exits only without machines, and nothing can be unregistered while it is away; when
+      // it returns it reloads its machines and the resync then converges.
       this.finishSync(began);
       return;
     }
     const listing = await client.listMachines();
     const epochs = new Map(listing.map((l) => [l.name, this.epochs.get(l.name) ?? 0]));
-    const fetched = await mapLimit(listing, this.opts.concurrency, (l) =>
-      this.fetchMachine(l.name, l.path).catch((err: unknown) => {
+    const startedAt = new Map<string, number>();
+    const fetched = await mapLimit(listing, this.opts.concurrency, (l) => {
+      startedAt.set(l.name, this.signalSeq);
+      return this.fetchMachine(l.name, l.path).catch((err: unknown) => {
         // One machine that cannot be read now does not fail the sync: keep what we knew of it
         // and try it again on its own.
         this.noteError(`machine ${l.name}: ${describe(err)}`);
-        this.resync?.queue.push(() => this.onMachineNew(l.name));
+        startedAt.delete(l.name);
+        state.queue.push({ kind: 'retry', name: l.name });
         const known = this.table.byName(l.name);
         return known ? ({ kind: 'found', record: known } as const) : ({ kind: 'gone' } as const);
-      }),
-    );
+      });
+    });
     const byName = new Map<string, MachineRecord>();
     listing.forEach((l, i) => {
       const f = fetched[i];
       // Removed (or removed and re-added) while we fetched: the queued signals decide.
-      if (f?.kind === 'found' && (this.epochs.get(l.name) ?? 0) === epochs.get(l.name))
+      if (f?.kind === 'found' && (this.epochs.get(l.name) ?? 0) === epochs.get(l.name)) {
         byName.set(l.name, f.record);
+        const seq = startedAt.get(l.name);
+        if (seq !== undefined) state.fresh.set(l.name, seq);
+      }
     });
     // Registration order is machined's `Timestamp` (when the machine was registered), not
     // ListMachines' order, which is hashmap order: the first owner of an id must not depend on it.
@@ -367,7 +404,7 @@ export class Registry {
         }
         if ((this.epochs.get(name) ?? 0) !== epoch || this.stopped) return;
         if (result.kind === 'gone') {
-          this.table.remove(name);
+          if (this.table.remove(name)) this.options.logger.info(`machine ${name} removed`);
         } else {
           const known = this.table.byName(name);
           if (!known) this.options.logger.info(`machine ${name} (${result.record.class}) registered`);
@@ -379,7 +416,11 @@ export class Registry {
     return entry.done;
   }
 
-  private async fetchMachine(name: string, knownPath?: string): Promise<Fetched> {
+  private fetchMachine(name: string, knownPath?: string): Promise<Fetched> {
+    return this.limit(() => this.fetchMachineNow(name, knownPath));
+  }
+
+  private async fetchMachineNow(name: string, knownPath?: string): Promise<Fetched> {
     const client = this.client;
     if (!client) throw new Error('not connected');
     let props: MachineProperties;
@@ -420,37 +461,112 @@ export class Registry {
       leaderAlive: true,
     };
     const leaderStart = await this.host.startTime(props.Leader);
+    const previousStart = this.leaderStarts.get(name);
     if (leaderStart !== undefined) this.leaderStarts.set(name, leaderStart);
-    const record = await this.withHostData({
-      ...base,
-      leaderAlive: cls === 'host' || leaderStart !== undefined,
-    });
+    // What we read of the same leader before stands in for what cannot be read now.
+    const known = this.table.byName(name);
+    const sameLeader =
+      known !== undefined &&
+      known.leader === props.Leader &&
+      leaderStart !== undefined &&
+      previousStart === leaderStart;
+    const record = await this.withHostData(
+      { ...base, leaderAlive: cls === 'host' || leaderStart !== undefined },
+      sameLeader ? known : undefined,
+    );
     return { kind: 'found', record };
   }
 
-  /** Adds addresses, maps and accounts to a record (everything that can change without a signal). */
-  private async withHostData(record: MachineRecord): Promise<MachineRecord> {
+  /**
+   * Adds addresses, maps and accounts to a record (everything that can change without a signal).
+   * `known` is what was read before for the same leader: its maps and accounts stand in for any
+   * that cannot be read now.
+   */
+  private async withHostData(
+    record: MachineRecord,
+    known: MachineRecord | undefined,
+  ): Promise<MachineRecord> {
     const addresses = await this.readAddresses(record);
     let { uidMap, gidMap, innerUsers, innerGroups } = record;
     if (record.class === 'container' && record.leaderAlive) {
-      uidMap = mapOrUndefined(
-        await this.host.readIdMap(record.leader, 'uid'),
-        record.name,
-        'uid',
-        this.options.logger,
-      );
-      gidMap = mapOrUndefined(
-        await this.host.readIdMap(record.leader, 'gid'),
-        record.name,
-        'gid',
-        this.options.logger,
-      );
+      uidMap = this.mapOr(await this.host.readIdMap(record.leader, 'uid'), record.name, 'uid', known?.uidMap);
+      gidMap = this.mapOr(await this.host.readIdMap(record.leader, 'gid'), record.name, 'gid', known?.gidMap);
       if (hasPrivateUserNamespace(uidMap) || hasPrivateUserNamespace(gidMap)) {
-        innerUsers = await this.host.readAccounts(record.leader, record.rootDirectory, 'passwd');
-        innerGroups = await this.host.readAccounts(record.leader, record.rootDirectory, 'group');
+        innerUsers = this.accountsOr(
+          await this.host.readAccounts(record.leader, record.rootDirectory, 'passwd'),
+          record,
+          'passwd',
+          known?.innerUsers,
+        );
+        innerGroups = this.accountsOr(
+          await this.host.readAccounts(record.leader, record.rootDirectory, 'group'),
+          record,
+          'group',
+          known?.innerGroups,
+        );
       }
     }
     return { ...record, ...addresses, uidMap, gidMap, innerUsers, innerGroups };
+  }
+
+  /** A map just read, else the one known before (with a warning once per machine, map and reason). */
+  private mapOr(
+    read: MapRead,
+    machine: string,
+    which: 'uid' | 'gid',
+    known: readonly IdRange[] | undefined,
+  ): readonly IdRange[] | undefined {
+    if (read.kind === 'ok') {
+      this.hostProblem(machine, `${which}_map`, undefined);
+      return read.ranges;
+    }
+    this.hostProblem(
+      machine,
+      `${which}_map`,
+      `${which}_map unreadable (${read.reason}); ${known ? 'keeping the map read before' : 'no users or groups for it until it can be read'}`,
+    );
+    return known;
+  }
+
+  /**
+   * Accounts just read, else those known before. Enumeration lists them; without any it lists only
+   * inner id 0, which is never a failure (lookups by id or name do not need them).
+   */
+  private accountsOr(
+    read: AccountsRead,
+    machine: MachineRecord,
+    which: 'passwd' | 'group',
+    known: readonly InnerAccount[] | undefined,
+  ): readonly InnerAccount[] | undefined {
+    if (read.kind === 'ok') {
+      this.hostProblem(
+        machine.name,
+        which,
+        read.leaderRootProblem === undefined
+          ? undefined
+          : `cannot read /proc/${machine.leader}/root/etc/${which} (${read.leaderRootProblem}); using ${machine.rootDirectory}/etc/${which}, the registered root directory`,
+      );
+      return read.accounts;
+    }
+    this.hostProblem(
+      machine.name,
+      which,
+      `cannot read the container's etc/${which} (${read.reason}); enumerating ${known ? `the accounts read before` : 'only inner id 0'}`,
+    );
+    return known;
+  }
+
+  /** Warns once per machine, topic and message; a later success (undefined) says so and resets it. */
+  private hostProblem(machine: string, topic: string, message: string | undefined): void {
+    const key = `${machine}\0${topic}`;
+    if (message === undefined) {
+      if (this.hostProblems.delete(key))
+        this.options.logger.info(`machine ${machine}: ${topic} readable again`);
+      return;
+    }
+    if (this.hostProblems.get(key) === message) return;
+    this.hostProblems.set(key, message);
+    this.options.logger.warn(`machine ${machine}: ${message}`);
   }
 
   private async readAddresses(
@@ -489,11 +605,12 @@ export class Registry {
     try {
       raw = await client.getMachineAddresses(record.name);
     } catch (err) {
-      // Transient (no answer, no bus) or gone: the caller keeps what it knew or drops the machine.
-      if (isBusError(err, 'Timeout') || isBusError(err, 'Disconnected') || isBusError(err, 'NoSuchMachine'))
-        throw err;
-      // machined's answer for this machine (NoPrivateNetworking, an errno from the netns fork, …)
-      const reason = isBusError(err) ? err.code : 'error';
+      // No answer, no bus, machined not on the bus (ServiceUnknown while it restarts), or the
+      // machine gone: thrown, so the caller keeps what it knew or drops the machine. Anything else
+      // is an answer about this machine (NoPrivateNetworking, an errno from the netns fork, a bus
+      // policy that denies the call): no addresses, and why.
+      if (!isBusError(err) || isTransient(err)) throw err;
+      const reason = err.code;
       this.options.logger.debug(`machine ${record.name}: no addresses (${describe(err)})`);
       return { addresses: [], addressSource: 'none', addressError: reason, addressesCheckedAt: Date.now() };
     }
@@ -530,10 +647,11 @@ export class Registry {
     const epoch = this.epochs.get(name) ?? 0;
     const done = (async () => {
       const current = this.table.byName(name);
-      if (!current || !this.client) return;
+      // While machined is away there is nobody to ask: what is known stays as it is.
+      if (!current || !this.client || !this.owner) return;
       let next: MachineRecord;
       try {
-        next = await this.withHostData(current);
+        next = await this.limit(() => this.withHostData(current, current));
       } catch (err) {
         if (isBusError(err, 'NoSuchMachine')) {
           // removed without our seeing the signal (e.g. while reconnecting)
@@ -574,14 +692,53 @@ export class Registry {
   private scheduleRefresh(): void {
     if (this.stopped) return;
     this.refreshTimer = setTimeout(() => {
-      const names = this.table
-        .all()
-        .filter((m) => m.class !== 'host')
-        .map((m) => m.name);
-      void mapLimit(names, this.opts.concurrency, (n) => this.refresh(n)).finally(() =>
-        this.scheduleRefresh(),
-      );
+      void this.refreshRound().finally(() => this.scheduleRefresh());
     }, this.opts.refreshIntervalMs);
+  }
+
+  private async refreshRound(): Promise<void> {
+    await this.reconcile();
+    const names = this.table
+      .all()
+      .filter((m) => m.class !== 'host')
+      .map((m) => m.name);
+    await mapLimit(names, this.opts.concurrency, (n) => this.refresh(n));
+  }
+
+  /**
+   * One ListMachines against the view. A listed machine we do not serve (its MachineNew was lost,
+   * or its fetch failed) is fetched; a served machine machined no longer lists (a lost
+   * MachineRemoved) is fetched too, which drops it only if machined confirms it is gone: the listing
+   * alone never removes anything, so a registration racing with it cannot be lost. A resync does
+   * all of this and more, so none runs meanwhile. The call never starts machined (NO_AUTO_START),
+   * and costs machined no more than the GetMachineAddresses calls of the same round.
+   */
+  private async reconcile(): Promise<void> {
+    const client = this.client;
+    if (!client || !this.owner || this.resync) return;
+    let listing: { name: string }[];
+    try {
+      listing = await client.listMachines();
+    } catch (err) {
+      this.options.logger.debug(`reconciling with ListMachines failed: ${describe(err)}; trying next round`);
+      return;
+    }
+    if (this.resync || this.client !== client || this.stopped) return;
+    const listed = new Set(listing.map((l) => l.name));
+    for (const { name } of listing) {
+      if (this.table.byName(name) || this.fetches.has(name)) continue;
+      this.options.logger.warn(
+        `machine ${name} is registered but was not served (a lost signal or a failed fetch); fetching it`,
+      );
+      this.onMachineNew(name);
+    }
+    for (const m of this.table.all()) {
+      if (listed.has(m.name) || this.fetches.has(m.name)) continue;
+      this.options.logger.warn(
+        `machine ${m.name} is served but no longer listed by machined (a lost signal); checking it`,
+      );
+      void this.fetchAndApply(m.name);
+    }
   }
 
   /** A leader that died (machined keeps the machine: no systemd told it) loses its maps and addresses. */
@@ -618,10 +775,51 @@ export class Registry {
 
 // ---- pure helpers ---------------------------------------------------------------------------------
 
-/** Registration order: machined's realtime registration timestamp, the name to break ties. */
-export function byRegistration(a: MachineRecord, b: MachineRecord): number {
+/** Signals held back while a resync runs, replayed in order after it. */
+type HeldEvent =
+  | { readonly kind: 'removed'; readonly name: string }
+  | { readonly kind: 'new'; readonly name: string; readonly seq: number }
+  /** The resync could not fetch this machine: fetch it on its own. */
+  | { readonly kind: 'retry'; readonly name: string };
+
+interface ResyncState {
+  readonly queue: HeldEvent[];
+  again: boolean;
+  /** Machines the resync applied → the signal count when their fetch began. */
+  readonly fresh: Map<string, number>;
+}
+
+/** Registration order: machined's Timestamp (CLOCK_REALTIME µs), then name for equal ones. */
+function byRegistration(a: MachineRecord, b: MachineRecord): number {
   if (a.timestamp !== b.timestamp) return a.timestamp < b.timestamp ? -1 : 1;
   return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+}
+
+/** Failures that say nothing about the machine: ask again later, keep what is known meanwhile. */
+function isTransient(err: BusError): boolean {
+  return (
+    err.code === 'Timeout' ||
+    err.code === 'Disconnected' ||
+    err.code === 'ServiceUnknown' ||
+    err.code === 'NoSuchMachine' // gone: the caller drops it
+  );
+}
+
+/** At most `limit` calls of `work` run at once; the others wait their turn, in order. */
+export function concurrencyLimit(limit: number): <T>(work: () => Promise<T>) => Promise<T> {
+  let active = 0;
+  const waiting: (() => void)[] = [];
+  return async <T>(work: () => Promise<T>): Promise<T> => {
+    if (active < limit) active++;
+    else await new Promise<void>((resolve) => waiting.push(resolve)); // the slot is handed over
+    try {
+      return await work();
+    } finally {
+      const next = waiting.shift();
+      if (next) next();
+      else active--;
+    }
+  };
 }
 
 function parseClass(value: string): MachineClass | undefined {
@@ -646,17 +844,6 @@ function toAddress(bytes: Buffer, scope: number): MachineAddress {
 function dedupe(list: MachineAddress[]): MachineAddress[] {
   const seen = new Set<string>();
   return list.filter((a) => (seen.has(a.address) ? false : (seen.add(a.address), true)));
-}
-
-function mapOrUndefined(
-  read: MapRead,
-  machine: string,
-  which: string,
-  logger: Logger,
-): readonly IdRange[] | undefined {
-  if (read.kind === 'ok') return read.ranges;
-  logger.debug(`machine ${machine}: ${which}_map unreadable (${read.reason})`);
-  return undefined;
 }
 
 function hasPrivateUserNamespace(map: readonly IdRange[] | undefined): boolean {

@@ -43,7 +43,10 @@ export interface DnsServerOptions {
   readonly maxForwards?: number;
   /** TCP idle timeout (see `tcp.ts`); default 10000 ms. */
   readonly tcpIdleTimeoutMs?: number;
-  /** TCP connections at once over all listeners; more are closed on accept. Default 128. */
+  /**
+   * TCP connections at once over all listeners; default 1024. At the limit the connection idle the
+   * longest is closed for a new one; if none is idle, the new one is.
+   */
   readonly maxTcpConnections?: number;
   /** Where `resolv.conf` comes from; default `/etc/resolv.conf`. */
   readonly resolvConfPath?: string;
@@ -85,6 +88,11 @@ export interface DnsConfig {
 }
 
 export const DEFAULT_LISTEN = '127.0.0.153:53';
+/**
+ * Only allowed (local) clients get a connection at all, and each costs one descriptor and a few KiB;
+ * glibc opens one per truncated answer, so bursts of concurrent lookups need room.
+ */
+export const DEFAULT_MAX_TCP_CONNECTIONS = 1024;
 export const DEFAULT_DOMAIN = 'machine';
 
 /** `HOST:PORT` (IPv4 literal) or `[IPV6]:PORT`; no names (resolving a name to bind would be a guess). */
@@ -200,7 +208,7 @@ export function resolveConfig(options: DnsServerOptions): DnsConfig {
     forwardTimeoutMs: positive('forwardTimeoutMs', options.forwardTimeoutMs, 2000),
     maxForwards: positive('maxForwards', options.maxForwards, 256),
     tcpIdleTimeoutMs: positive('tcpIdleTimeoutMs', options.tcpIdleTimeoutMs, 10_000),
-    maxTcpConnections: positive('maxTcpConnections', options.maxTcpConnections, 128),
+    maxTcpConnections: positive('maxTcpConnections', options.maxTcpConnections, DEFAULT_MAX_TCP_CONNECTIONS),
     resolvConfPath: options.resolvConfPath ?? '/etc/resolv.conf',
     hostAddresses,
   };

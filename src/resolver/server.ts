@@ -11,6 +11,7 @@
 import dgram from 'node:dgram';
 import { readFile } from 'node:fs/promises';
 import net from 'node:net';
+import { performance } from 'node:perf_hooks';
 import type { Logger } from '../log.js';
 import { parseAddress } from '../registry-client/address.js';
 import type { RegistryView } from '../registry-client/view.js';
@@ -47,6 +48,19 @@ const MAX_TCP_QUERY = 4096;
 const MAX_TCP_PENDING = 32;
 /** Attempts at finding a port free for both UDP and TCP when asked for port 0. */
 const PORT_ATTEMPTS = 8;
+/** The warning about the TCP connection limit is repeated at most this often. */
+const LIMIT_WARNING_INTERVAL_MS = 60_000;
+/** Pending TCP connections the kernel queues for us (it caps this at net.core.somaxconn). */
+const TCP_BACKLOG = 4096;
+/**
+ * Receive buffer asked for each UDP socket. Node's event loop reads at most 32 datagrams per turn,
+ * so while a burst of TCP and Varlink work makes the turns long, queries wait in the kernel; the
+ * default buffer (208 KiB on Debian, ~200 small datagrams, 20 ms at 10,000 q/s) then overflows and
+ * queries are lost. 4 MiB (unbound's so-rcvbuf advice) holds most of a second. The kernel caps it at
+ * net.core.rmem_max; a .socket unit's ReceiveBuffer= is not capped (systemd sets it with
+ * SO_RCVBUFFORCE), and an inherited socket's buffer is raised to this only if it is smaller.
+ */
+const UDP_RECEIVE_BUFFER = 4 * 1024 * 1024;
 
 type State = 'new' | 'starting' | 'running' | 'closing' | 'closed';
 
@@ -66,6 +80,7 @@ export class DnsServer {
   private readonly udpSockets: dgram.Socket[] = [];
   private readonly tcpServers: net.Server[] = [];
   private readonly connections = new Set<TcpConnection>();
+  private limitWarnedAt = Number.NEGATIVE_INFINITY;
   private bound: BoundListener[] = [];
   private inflight = 0;
   private inflightWaiters: (() => void)[] = [];
@@ -246,12 +261,13 @@ export class DnsServer {
 
   private onConnection(socket: net.Socket): void {
     const peer = socket.remoteAddress ?? '';
-    if (
-      this.state !== 'running' ||
-      !this.clients.allows(peer) ||
-      this.connections.size >= this.config.maxTcpConnections
-    ) {
+    if (this.state !== 'running' || !this.clients.allows(peer)) {
       if (this.debug) this.logger.debug(`dns: refusing tcp connection from ${peer}`);
+      socket.destroy();
+      return;
+    }
+    if (this.connections.size >= this.config.maxTcpConnections && !this.evictIdlest()) {
+      if (this.debug) this.logger.debug(`dns: refusing tcp connection from ${peer}: all connections busy`);
       socket.destroy();
       return;
     }
@@ -265,6 +281,29 @@ export class DnsServer {
       },
     );
     this.connections.add(connection);
+  }
+
+  /**
+   * At the connection limit, the connection idle the longest (nothing owed; partial bytes are not
+   * activity) is closed so that a new client is served: RFC 7766 §6.2.3 lets a server under
+   * resource pressure close idle connections, and clients reconnect. Without it, allowed clients
+   * holding idle connections would lock every other TCP client out until the idle timeout.
+   */
+  private evictIdlest(): boolean {
+    let idlest: TcpConnection | undefined;
+    for (const c of this.connections)
+      if (c.idle && (idlest === undefined || c.lastQueryAt < idlest.lastQueryAt)) idlest = c;
+    const now = performance.now();
+    if (now - this.limitWarnedAt >= LIMIT_WARNING_INTERVAL_MS) {
+      this.limitWarnedAt = now;
+      this.logger.warn(
+        `dns: ${this.connections.size} tcp connections open, the limit: ${idlest ? 'closing the longest idle ones to accept new ones' : 'none is idle, refusing new ones'}`,
+      );
+    }
+    if (!idlest) return false;
+    this.connections.delete(idlest); // its slot is free now, even before its socket has closed
+    idlest.destroy();
+    return true;
   }
 
   // ---- forwarding set-up --------------------------------------------------------------------
@@ -365,6 +404,17 @@ export class DnsServer {
       lookup: family === 6 ? literalLookup6 : literalLookup4,
       ipv6Only: family === 6,
     });
+    socket.once('listening', () => {
+      // Raised, never lowered: a buffer set by the service manager (ReceiveBuffer=) may be larger.
+      try {
+        if (socket.getRecvBufferSize() < UDP_RECEIVE_BUFFER) socket.setRecvBufferSize(UDP_RECEIVE_BUFFER);
+        if (this.debug) this.logger.debug(`dns: udp receive buffer ${socket.getRecvBufferSize()} bytes`);
+      } catch (error) {
+        this.logger.warn(
+          `dns: cannot raise the udp receive buffer: ${error instanceof Error ? error.message : String(error)}`,
+        );
+      }
+    });
     socket.on('message', (message: Buffer, peer: dgram.RemoteInfo) => {
       this.onDatagram(socket, message, peer);
     });
@@ -435,7 +485,7 @@ export class DnsServer {
     const server = this.createTcp();
     await listen(
       server,
-      { host: address.host, port, ipv6Only: address.family === 6, exclusive: true },
+      { host: address.host, port, ipv6Only: address.family === 6, exclusive: true, backlog: TCP_BACKLOG },
       `tcp ${formatHostPort(address.host, port)}`,
     );
     this.registerTcp(server, false);

@@ -10,8 +10,12 @@
  * Idle rule: the connection is closed when no complete query has arrived for `idleTimeoutMs` and we
  * owe the client nothing. Partial bytes do not count as activity, so a client dripping one byte at a
  * time cannot hold a connection slot for ever; an undrained write does not either.
+ *
+ * `idle` and `lastQueryAt` let the server close the connection idle the longest when it is at its
+ * connection limit (RFC 7766 §6.2.3), with the same notion of activity.
  */
 import type { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import { frame, FrameReader } from './framing.js';
 
 /** What the server gives a transport: the answer now, nothing, or the forwarded answer later. */
@@ -39,6 +43,8 @@ export class TcpConnection {
   private shuttingDown = false;
   private closed = false;
   private readonly timer: NodeJS.Timeout;
+  /** performance.now() of the connection, or of its last complete query. */
+  lastQueryAt = performance.now();
 
   constructor(
     private readonly socket: Socket,
@@ -74,6 +80,16 @@ export class TcpConnection {
     }, limits.idleTimeoutMs);
   }
 
+  /** Nothing owed and nothing being written: closing it loses no answer. */
+  get idle(): boolean {
+    return !this.closed && this.queue.length === 0 && !this.waitingForDrain;
+  }
+
+  /** Closes at once (the server needs the slot, or is gone). */
+  destroy(): void {
+    this.socket.destroy();
+  }
+
   /** Stop reading queries; answer what was asked, then close (server shutdown). */
   shutdown(): void {
     this.shuttingDown = true;
@@ -92,6 +108,7 @@ export class TcpConnection {
         return;
       }
       this.timer.refresh();
+      this.lastQueryAt = performance.now();
       this.accept(this.handle(query));
     }
     this.socket.uncork();

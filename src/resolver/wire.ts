@@ -263,7 +263,13 @@ export function parseQuery(buf: Buffer, q: QueryFields): ParseStatus {
   return 'ok';
 }
 
-/** Offset just past a possibly compressed name, or -1 when it is malformed or runs off the end. */
+/**
+ * Offset just past a possibly compressed name, or -1 when it is malformed or runs off the end. A
+ * pointer is not followed (we never need the name), but it must point back into the message, before
+ * this name began (RFC 1035 §4.1.4: "a prior occurrence of the same name"): one pointing into the
+ * name itself or ahead of it (a loop, or past the end) makes the message malformed, as it would for
+ * a decoder that follows it.
+ */
 function skipName(buf: Buffer, start: number): number {
   let off = start;
   for (;;) {
@@ -271,7 +277,11 @@ function skipName(buf: Buffer, start: number): number {
     const b = buf[off] ?? 0;
     if (b === 0) return off + 1;
     const kind = b & 0xc0;
-    if (kind === 0xc0) return off + 2 <= buf.length ? off + 2 : -1;
+    if (kind === 0xc0) {
+      if (off + 2 > buf.length) return -1;
+      const target = ((b & 0x3f) << 8) | (buf[off + 1] ?? 0);
+      return target < start ? off + 2 : -1;
+    }
     if (kind !== 0) return -1; // 0x40 and 0x80 label types are reserved (RFC 6891 §5)
     off += b + 1;
     if (off - start >= MAX_NAME_WIRE) return -1;

@@ -42,15 +42,16 @@ export const DIFFERENCES_FROM_MACHINED = [
     topic: 'when a changed map or a dead leader becomes visible',
     machined: 'reads /proc/<leader>/uid_map and gid_map on every request',
     mymachinesd:
-      "answers from the registry's in-memory copy of the maps and leader state, as soon as the registry has noticed the change",
+      "answers from the registry's in-memory copy of the maps and leader state, as soon as the registry has noticed the change; a map that cannot be read again while the same leader lives keeps its last copy (maps are written once per user namespace)",
     why: 'no I/O in a lookup: dbus-daemon resolves users through userdb, and lookups must never wait (systemd #40562)',
   },
   {
     id: 'per-uid-connection-limit',
     topic: 'connection limits',
     machined: 'at most 1024 connections per client UID and 4096 in total',
-    mymachinesd: 'at most 4096 connections in total (configurable), no per-UID limit',
-    why: "Node's net module cannot read a unix socket's peer credentials (SO_PEERCRED)",
+    mymachinesd:
+      'at most 4096 connections in total (configurable), no per-UID limit; at the limit the connection idle the longest is closed for a new one, and input buffered over all connections is capped at 64 MiB',
+    why: "Node's net module cannot read a unix socket's peer credentials (SO_PEERCRED); eviction keeps one user's idle connections from locking out everyone else's lookups",
   },
   {
     id: 'input-limit',

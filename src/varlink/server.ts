@@ -11,9 +11,16 @@
  * - 16 MiB of buffered input (VARLINK_BUFFER_MAX) and 16 MiB of queued output per connection.
  * Each connection answers its calls one after another, so replies keep call order even when a
  * handler is asynchronous.
+ *
+ * At the connection limit a new client is not turned away: the connection that has been idle the
+ * longest (no call being answered; a partial message does not count as activity) is closed to make
+ * room. machined has a per-UID limit below the total for this; Node cannot read a unix socket's peer
+ * credentials, so without eviction one local user holding 4096 idle connections would lock every
+ * nss-systemd lookup out. Real clients (nss-systemd, userdbctl, our CLI) connect per lookup.
  */
 import { chmod, lstat, unlink } from 'node:fs/promises';
 import net from 'node:net';
+import { performance } from 'node:perf_hooks';
 import type { Logger } from '../log.js';
 import { NulFramer, VARLINK_BUFFER_MAX } from './framing.js';
 import {
@@ -43,6 +50,12 @@ export interface VarlinkServerOptions {
   readonly maxConnections?: number;
   /** Buffered input per connection, incomplete message and queued calls together. */
   readonly maxInputBytes?: number;
+  /**
+   * Buffered input over all connections (default 64 MiB, four maximal messages). Beyond it, the
+   * connection holding the most is dropped: every connection may send 16 MiB, but 4096 of them
+   * must not make us hold 64 GiB.
+   */
+  readonly maxTotalInputBytes?: number;
   /** Output queued per connection for a peer that does not read; beyond it the peer is dropped. */
   readonly maxOutputBytes?: number;
   /** How long close() lets in-flight replies finish before it drops the remaining connections. */
@@ -70,9 +83,12 @@ export class ListenError extends Error {
 }
 
 export const DEFAULT_MAX_CONNECTIONS = 4096;
+export const DEFAULT_MAX_TOTAL_INPUT_BYTES = 4 * VARLINK_BUFFER_MAX;
 /** machined listens with SOMAXCONN (4096 on current kernels; the kernel caps it at net.core.somaxconn). */
 const LISTEN_BACKLOG = 4096;
 const DEFAULT_CLOSE_TIMEOUT_MS = 5000;
+/** The warning about the connection limit is repeated at most this often. */
+const LIMIT_WARNING_INTERVAL_MS = 60_000;
 const DEFAULT_INFO: ServiceInfo = { vendor: 'mymachinesd', product: 'mymachinesd', version: '0', url: '' };
 
 interface Route {
@@ -87,6 +103,8 @@ interface ConnectionHost {
   readonly maxOutputBytes: number;
   route(method: string): Route | undefined;
   forget(connection: Connection): void;
+  /** The connection's buffered input changed by `delta` bytes. */
+  inputHeld(connection: Connection, delta: number): void;
 }
 
 export class VarlinkServer {
@@ -100,6 +118,10 @@ export class VarlinkServer {
   private readonly closeTimeoutMs: number;
   private nextConnectionId = 1;
   private closing: Promise<void> | undefined;
+  private limitWarnedAt = Number.NEGATIVE_INFINITY;
+  private readonly maxTotalInputBytes: number;
+  private totalInput = 0;
+  private budgetWarnedAt = Number.NEGATIVE_INFINITY;
 
   constructor(options: VarlinkServerOptions) {
     this.logger = options.logger;
@@ -111,7 +133,11 @@ export class VarlinkServer {
       maxOutputBytes: options.maxOutputBytes ?? VARLINK_BUFFER_MAX,
       route: (name) => this.routes.get(name),
       forget: (connection) => this.connections.delete(connection),
+      inputHeld: (connection, delta) => {
+        this.inputHeld(connection, delta);
+      },
     };
+    this.maxTotalInputBytes = options.maxTotalInputBytes ?? DEFAULT_MAX_TOTAL_INPUT_BYTES;
     this.addInterface(
       orgVarlinkService(
         { ...DEFAULT_INFO, ...options.info },
@@ -233,6 +259,7 @@ export class VarlinkServer {
 
   private accept(socket: net.Socket): void {
     const id = this.nextConnectionId++;
+    if (this.closing === undefined && this.connections.size >= this.maxConnections) this.evictIdlest();
     if (this.closing !== undefined || this.connections.size >= this.maxConnections) {
       if (this.logger.enabled('debug'))
         this.logger.debug(
@@ -242,6 +269,39 @@ export class VarlinkServer {
       return;
     }
     this.connections.add(new Connection(socket, this.host, id));
+  }
+
+  /** Keeps the total of buffered input; over budget, drops the connection that holds the most. */
+  private inputHeld(connection: Connection, delta: number): void {
+    this.totalInput += delta;
+    if (delta <= 0 || this.totalInput <= this.maxTotalInputBytes) return;
+    let largest = connection;
+    for (const c of this.connections) if (c.inputBytes > largest.inputBytes) largest = c;
+    const now = performance.now();
+    if (now - this.budgetWarnedAt >= LIMIT_WARNING_INTERVAL_MS) {
+      this.budgetWarnedAt = now;
+      this.logger.warn(
+        `varlink: more than ${this.maxTotalInputBytes} bytes of unanswered input over all connections: dropping the connections that hold the most`,
+      );
+    }
+    largest.destroy(`holds ${largest.inputBytes} of ${this.totalInput} bytes of input over all connections`);
+  }
+
+  /** Closes the connection idle the longest, if any is idle (see the file comment). */
+  private evictIdlest(): void {
+    let idlest: Connection | undefined;
+    for (const c of this.connections)
+      if (c.idle && (idlest === undefined || c.lastActiveAt < idlest.lastActiveAt)) idlest = c;
+    const now = performance.now();
+    if (now - this.limitWarnedAt >= LIMIT_WARNING_INTERVAL_MS) {
+      this.limitWarnedAt = now;
+      this.logger.warn(
+        `varlink: ${this.connections.size} connections open, the limit: ${idlest ? 'closing the longest idle ones to accept new ones' : 'none is idle, refusing new ones'}`,
+      );
+    }
+    if (!idlest) return;
+    this.connections.delete(idlest); // its slot is free now, even before its socket has closed
+    idlest.destroy('evicted at the connection limit (idle the longest)');
   }
 }
 
@@ -254,10 +314,14 @@ export class VarlinkServer {
  */
 class Connection {
   readonly closed: Promise<void>;
+  /** performance.now() of the accept, or of the last complete message or finished answer. */
+  lastActiveAt = performance.now();
   private state: 'open' | 'ending' | 'closed' = 'open';
   private readonly framer: NulFramer;
   private readonly queue: Buffer[] = [];
   private queuedBytes = 0;
+  /** queuedBytes + the framer's partial message, as last reported to the server. */
+  private held = 0;
   private busy = false;
   /** The peer shut down its sending side: end ours once its calls are answered. */
   private inputEnded = false;
@@ -287,10 +351,21 @@ class Connection {
     socket.on('close', () => {
       this.state = 'closed';
       this.queue.length = 0;
+      this.release();
       this.wakeDrainWaiters();
       host.forget(this);
       markClosed();
     });
+  }
+
+  /** Bytes of input this connection holds: calls not answered yet and an incomplete message. */
+  get inputBytes(): number {
+    return this.held;
+  }
+
+  /** Nothing to answer and nothing being answered: closing it loses no reply. */
+  get idle(): boolean {
+    return this.state === 'open' && !this.busy && this.queue.length === 0;
   }
 
   /** Server is closing: finish the call in progress, answer nothing new, then end. */
@@ -303,7 +378,24 @@ class Connection {
 
   destroy(reason: string): void {
     this.debug(`dropped: ${reason}`);
+    this.release();
     this.socket.destroy();
+  }
+
+  /** Tells the server how much input this connection holds now. */
+  private report(): void {
+    const held = this.state === 'closed' ? 0 : this.queuedBytes + this.framer.bufferedBytes;
+    const delta = held - this.held;
+    this.held = held;
+    if (delta !== 0) this.host.inputHeld(this, delta);
+  }
+
+  /** Holds nothing any more (closing): the server's total goes down at once. */
+  private release(): void {
+    this.state = 'closed';
+    this.queue.length = 0;
+    this.queuedBytes = 0;
+    this.report();
   }
 
   private receive(chunk: Buffer): void {
@@ -317,10 +409,13 @@ class Connection {
       this.queue.push(message);
       this.queuedBytes += message.length;
     }
+    if (framed.messages.length > 0) this.lastActiveAt = performance.now();
     if (this.queuedBytes + this.framer.bufferedBytes > this.host.maxInputBytes) {
       this.violation(`more than ${this.host.maxInputBytes} bytes of unanswered input`);
       return;
     }
+    this.report();
+    if (this.state !== 'open') return; // dropped by the server to stay within its total budget
     this.pump();
   }
 
@@ -342,6 +437,7 @@ class Connection {
         return;
       }
       this.queuedBytes -= message.length;
+      this.report();
       let pending: Promise<void> | undefined;
       try {
         pending = this.handle(message);
@@ -360,6 +456,7 @@ class Connection {
 
   private resume(): void {
     this.busy = false;
+    this.lastActiveAt = performance.now();
     if (this.state === 'ending') {
       this.end();
       return;
@@ -388,6 +485,7 @@ class Connection {
       return undefined;
     }
     const call = parsed.call;
+    this.debug(`call ${call.method}${call.more ? ' (more)' : ''}${call.oneway ? ' (oneway)' : ''}`);
     const route = this.host.route(call.method);
     if (route === undefined) {
       // v252 drops a oneway call to an unknown method and keeps the connection (reference §4.5).
@@ -474,6 +572,7 @@ class Connection {
   private dropQueue(): void {
     this.queue.length = 0;
     this.queuedBytes = 0;
+    this.report();
   }
 
   /** Sends what is already queued, then closes the socket (also if the peer keeps it open). */

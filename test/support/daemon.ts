@@ -3,12 +3,17 @@
  * log lines collected so a test can wait for `ready` and read the real listener addresses.
  */
 import { once } from 'node:events';
+import { readdir, readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
+import { z } from 'zod';
+import { controlMachineSchema, type ControlMachine } from '../../src/daemon/control.js';
 import type { World } from './world.js';
 
 export const BIN = fileURLToPath(new URL('../../../bin/mymachinesd', import.meta.url));
+
+const listOutput = z.object({ machines: z.array(controlMachineSchema) });
 
 export class DaemonHandle {
   readonly lines: string[] = [];
@@ -30,13 +35,24 @@ export class DaemonHandle {
     this.exited = once(child, 'close').then(([code]) => code as number | null);
   }
 
-  /** Starts `mymachinesd serve ARGS…` in the World and waits for `ready` (or its exit). */
+  /**
+   * Starts `mymachinesd serve ARGS…` in the World and waits for `ready` (or its exit). `prefix` is a
+   * command that execs the daemon in the end (the socket activator, setpriv), keeping its PID.
+   */
   static async start(
     world: World,
     args: readonly string[],
     env: NodeJS.ProcessEnv = {},
+    opts: { prefix?: readonly string[] } = {},
   ): Promise<DaemonHandle> {
-    const daemon = await DaemonHandle.launch(world, process.execPath, [BIN, 'serve', ...args], env);
+    const [cmd = process.execPath, ...rest] = [
+      ...(opts.prefix ?? []),
+      process.execPath,
+      BIN,
+      'serve',
+      ...args,
+    ];
+    const daemon = await DaemonHandle.launch(world, cmd, rest, env);
     await daemon.ready();
     return daemon;
   }
@@ -108,9 +124,73 @@ export class DaemonHandle {
     throw new Error(`no dns ${transport} listener line:\n${this.lines.join('\n')}`);
   }
 
+  /** The daemon's PID (nsenter execs the command: it is node itself). */
+  get pid(): number {
+    const pid = this.child.pid;
+    if (pid === undefined) throw new Error('daemon has no pid');
+    return pid;
+  }
+
+  /** Resident set size in KiB (VmRSS of /proc/PID/status). */
+  async rssKiB(): Promise<number> {
+    const status = await readFile(`/proc/${this.pid}/status`, 'utf8');
+    const kib = /^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1];
+    if (kib === undefined) throw new Error('no VmRSS');
+    return Number(kib);
+  }
+
+  /** Open file descriptors (entries of /proc/PID/fd). */
+  async fdCount(): Promise<number> {
+    return (await readdir(`/proc/${this.pid}/fd`)).length;
+  }
+
+  /** Log lines from `from` (an index into `lines`) on that match `re`. */
+  linesSince(from: number, re: RegExp): string[] {
+    return this.lines.slice(from).filter((l) => re.test(l));
+  }
+
+  /** Waits for a log line matching `re` that comes after line index `from`. */
+  waitForAfter(from: number, re: RegExp, timeoutMs = 15_000): Promise<string> {
+    const seen = this.lines.slice(from).find((l) => re.test(l));
+    if (seen !== undefined) return Promise.resolve(seen);
+    return this.waitForNew(re, timeoutMs);
+  }
+
+  /** Waits for the next new log line matching `re` (lines already seen do not count). */
+  waitForNew(re: RegExp, timeoutMs = 15_000): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`no new log line ${String(re)}:\n${this.lines.slice(-40).join('\n')}`)),
+        timeoutMs,
+      );
+      this.waiters.push({
+        re,
+        resolve: (line) => {
+          clearTimeout(timer);
+          resolve(line);
+        },
+      });
+    });
+  }
+
+  /** `mymachinesd list --json` run in the World against a control socket: what the daemon serves. */
+  async list(control: string): Promise<ControlMachine[]> {
+    const r = await this.world.exec(process.execPath, [BIN, 'list', '--json', '--control', control], {
+      timeoutMs: 15_000,
+    });
+    if (r.code !== 0) throw new Error(`mymachinesd list failed (${r.code}): ${r.stderr}`);
+    return listOutput.parse(JSON.parse(r.stdout)).machines;
+  }
+
   /** SIGTERM and the exit status. */
-  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+  async stop(signal: NodeJS.Signals = 'SIGTERM', graceMs = 15_000): Promise<number | null> {
     if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
-    return this.exited;
+    // A daemon that does not stop is a failure to report, not a test run that never ends.
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
+    try {
+      return await this.exited;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 }

@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { World } from './world.js';
 
-export function busConfig(socketPath: string): string {
+/** `extraPolicy`: more <policy> elements (e.g. a group rule, which makes the bus resolve groups). */
+export function busConfig(socketPath: string, extraPolicy = ''): string {
   return `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
@@ -33,6 +34,7 @@ export function busConfig(socketPath: string): string {
   <policy user="root">
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
   </policy>
+${extraPolicy}
 </busconfig>
 `;
 }
@@ -59,11 +61,11 @@ export class PrivateBus {
     return this.child?.pid;
   }
 
-  static async start(opts: { world?: World; dir?: string } = {}): Promise<PrivateBus> {
+  static async start(opts: { world?: World; dir?: string; extraPolicy?: string } = {}): Promise<PrivateBus> {
     const ownsDir = opts.dir === undefined && opts.world === undefined;
     const dir = opts.dir ?? opts.world?.dir ?? (await mkdtemp(join(tmpdir(), 'mmd-bus-')));
     const bus = new PrivateBus(dir, ownsDir, opts.world);
-    await writeFile(join(dir, 'bus.conf'), busConfig(bus.socketPath));
+    await writeFile(join(dir, 'bus.conf'), busConfig(bus.socketPath, opts.extraPolicy));
     await bus.restart();
     return bus;
   }

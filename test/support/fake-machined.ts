@@ -187,6 +187,17 @@ export class FakeMachined {
         this.save();
         return ['', []];
       }
+      case 'SeedQuietly': {
+        // registration whose MachineNew signal is lost (never sent)
+        for (const m of JSON.parse(String(body[0])) as FakeMachine[]) this.machines.set(m.name, m);
+        this.save();
+        return ['', []];
+      }
+      case 'DropQuietly':
+        // removal whose MachineRemoved signal is lost (never sent)
+        this.machines.delete(this.get(String(body[0])).name);
+        this.save();
+        return ['', []];
       case 'SetStall':
         this.stallMs = Number(body[0]);
         return ['', []];

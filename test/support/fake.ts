@@ -22,8 +22,9 @@ export class FakeMachinedHandle {
 
   private constructor(readonly bus: PrivateBus) {}
 
-  static async start(opts: { running?: boolean } = {}): Promise<FakeMachinedHandle> {
-    const bus = await PrivateBus.start();
+  /** On its own private bus, or on `bus` (which the caller stops). */
+  static async start(opts: { running?: boolean; bus?: PrivateBus } = {}): Promise<FakeMachinedHandle> {
+    const bus = opts.bus ?? (await PrivateBus.start());
     const fake = new FakeMachinedHandle(bus);
     if (opts.running ?? true) await fake.startMachined();
     return fake;
@@ -136,6 +137,16 @@ export class FakeMachinedHandle {
 
   async seed(machines: FakeMachine[]): Promise<void> {
     await this.test('Seed', 's', [JSON.stringify(machines)]);
+  }
+
+  /** Registers machines without sending MachineNew (a lost signal). */
+  async seedQuietly(machines: FakeMachine[]): Promise<void> {
+    await this.test('SeedQuietly', 's', [JSON.stringify(machines)]);
+  }
+
+  /** Unregisters a machine without sending MachineRemoved (a lost signal). */
+  async dropQuietly(name: string): Promise<void> {
+    await this.test('DropQuietly', 's', [name]);
   }
 
   /** Delays every answer to `member` (or all, when member is '') by `ms`. */

@@ -4,14 +4,19 @@ stdout), wait until it has written uid/gid maps and set up the network namespace
 stdin), optionally become root inside the new user namespace, then exec `sleep infinity`: the PID
 stays the same throughout, so the PID the test registers is the machine's leader.
 
-usage: leader.py [--user] [--net] [--uts=HOSTNAME] [--become-root] [--bind=SRC:DST ...]
+usage: leader.py [--user] [--net] [--uts=HOSTNAME] [--become-root] [--bind=SRC:DST ...] [--root=DIR]
 
 --bind gives the leader a mount namespace of its own with SRC bind-mounted over DST, so that
 /proc/PID/root/DST shows the machine's own file (e.g. its /etc/passwd) as it would for a real
 container.
+
+--root=DIR makes DIR the leader's root directory (chroot, which a user namespace's root may do), so
+that /proc/PID/root is DIR: a container whose files are whatever the test put there, symlinks and
+FIFOs included. Such a leader does not exec sleep (there is none in DIR); it waits for signals.
 """
 import ctypes
 import os
+import signal
 import sys
 
 CLONE_NEWUSER = 0x10000000
@@ -22,7 +27,7 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 
-flags, hostname, become_root, binds = 0, None, False, []
+flags, hostname, become_root, binds, root = 0, None, False, [], None
 for arg in sys.argv[1:]:
     if arg == "--user":
         flags |= CLONE_NEWUSER
@@ -33,6 +38,8 @@ for arg in sys.argv[1:]:
         hostname = arg.split("=", 1)[1]
     elif arg == "--become-root":
         become_root = True
+    elif arg.startswith("--root="):
+        root = arg.split("=", 1)[1]
     elif arg.startswith("--bind="):
         src, dst = arg.split("=", 1)[1].split(":", 1)
         binds.append((src, dst))
@@ -63,4 +70,9 @@ if become_root:
 devnull = os.open(os.devnull, os.O_RDWR)
 for fd in (0, 1, 2):
     os.dup2(devnull, fd)
+if root:
+    os.chroot(root)
+    os.chdir("/")
+    while True:
+        signal.pause()
 os.execvp("sleep", ["sleep", "infinity"])
