@@ -29,14 +29,22 @@ export class DaemonHandle {
   }
 
   /** Starts `mymachinesd serve ARGS…` in the World and waits for `ready` (or its exit). */
-  static async start(
+  static start(world: World, args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<DaemonHandle> {
+    return DaemonHandle.startCommand(world, [process.execPath, BIN, 'serve', ...args], env);
+  }
+
+  /**
+   * Starts any command that logs like the daemon (a wrapper such as `taskset -c 0 node BIN serve …`,
+   * or a benchmark's entry point) and waits for `ready` (or its exit).
+   */
+  static async startCommand(
     world: World,
-    args: readonly string[],
+    command: readonly string[],
     env: NodeJS.ProcessEnv = {},
   ): Promise<DaemonHandle> {
-    const child = await world.spawn(process.execPath, [BIN, 'serve', ...args], {
-      env: { ...process.env, ...env },
-    });
+    const [cmd, ...args] = command;
+    if (cmd === undefined) throw new Error('no command');
+    const child = await world.spawn(cmd, args, { env: { ...process.env, ...env } });
     const daemon = new DaemonHandle(world, child);
     const ready = daemon.waitFor(/^<6>ready$/, 30_000);
     const code = await Promise.race([ready.then(() => undefined), daemon.exited]);

@@ -43,6 +43,8 @@ class Fail extends Error {
 
 export class FakeMachined {
   readonly machines = new Map<string, FakeMachine>();
+  /** Object path → machine: property calls find their machine without a scan (10,000 machines in benchmarks). */
+  private readonly byPath = new Map<string, FakeMachine>();
   private stallMs = 0;
   private readonly stallByMember = new Map<string, number>();
   private hang = false;
@@ -55,8 +57,10 @@ export class FakeMachined {
   async start(): Promise<void> {
     if (this.stateFile) {
       try {
-        for (const m of JSON.parse(readFileSync(this.stateFile, 'utf8')) as FakeMachine[])
+        for (const m of JSON.parse(readFileSync(this.stateFile, 'utf8')) as FakeMachine[]) {
           this.machines.set(m.name, m);
+          this.byPath.set(machineObjectPath(m.name), m);
+        }
       } catch {
         // no state yet
       }
@@ -98,7 +102,7 @@ export class FakeMachined {
     const body = msg.body as unknown[];
     const str = (i: number): string => String(body[i]);
     if (msg.interface === PROPS && (msg.member === 'GetAll' || msg.member === 'Get')) {
-      const m = [...this.machines.values()].find((x) => machineObjectPath(x.name) === msg.path);
+      const m = this.byPath.get(msg.path);
       if (!m) throw new Fail('org.freedesktop.DBus.Error.UnknownObject', `Unknown object '${msg.path}'.`);
       const props = machineProperties(m);
       if (msg.member === 'GetAll') return ['a{sv}', [props]];
@@ -203,12 +207,14 @@ export class FakeMachined {
 
   private add(m: FakeMachine, save = true): void {
     this.machines.set(m.name, m);
+    this.byPath.set(machineObjectPath(m.name), m);
     if (save) this.save();
     this.signal('MachineNew', m.name);
   }
 
   private remove(name: string): void {
     this.machines.delete(name);
+    this.byPath.delete(machineObjectPath(name));
     this.save();
     this.signal('MachineRemoved', name);
   }
