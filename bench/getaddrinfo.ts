@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { DaemonHandle } from '../test/support/daemon.js';
 import { LAB_MACHINES, MachinedLab } from '../test/support/machined-lab.js';
 import { describeMachine, REPO, requirePrograms } from './harness/machine.js';
+import { quietRun, share } from './harness/quiet.js';
 import { BenchReport } from './harness/report.js';
 import { formatSpread, latencySummary, num, spread, type LatencySummary } from './harness/stats.js';
 
@@ -82,6 +83,7 @@ async function main(): Promise<void> {
   let daemon: DaemonHandle | undefined;
   const results = new Map<string, LatencySummary[]>();
   const firstAnswers = new Map<string, string>();
+  const foreign = new Map<string, number>();
   let errors = 0;
   try {
     await writeFile(join(lab.world.dir, 'nsswitch-mymachines.conf'), nsswitchWith('files mymachines'));
@@ -107,7 +109,9 @@ async function main(): Promise<void> {
     for (let run = 1; run <= knobs.runs; run++) {
       for (const name of NAMES) {
         for (const path of ['nss-mymachines', 'mymachinesd'] as const) {
-          const out = await loop(lab, path, name, knobs.lookups);
+          const kept = await quietRun(() => loop(lab, path, name, knobs.lookups));
+          const out = kept.result;
+          foreign.set(`${path} ${name} ${run}`, kept.foreignShare);
           errors += out.errors;
           const l = latencySummary(out.latencies_us.map((us) => us / 1000));
           const key = `${path} ${name}`;
@@ -136,7 +140,7 @@ async function main(): Promise<void> {
     [...firstAnswers].map(([k, v]) => [k, v]),
   );
   report.table(
-    ['path', 'run', 'lookups', 'p50 ms', 'p90 ms', 'p99 ms', 'p99.9 ms', 'max ms'],
+    ['path', 'run', 'lookups', 'p50 ms', 'p90 ms', 'p99 ms', 'p99.9 ms', 'max ms', 'others'],
     [...results].flatMap(([key, runs]) =>
       runs.map((l, i) => [
         key,
@@ -147,6 +151,7 @@ async function main(): Promise<void> {
         num(l.p99),
         num(l.p999),
         num(l.max),
+        share(foreign.get(`${key} ${i + 1}`) ?? NaN),
       ]),
     ),
   );

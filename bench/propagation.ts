@@ -25,6 +25,8 @@ import { DaemonHandle } from '../test/support/daemon.js';
 import { LAB_MACHINES, MachinedLab, type LabMachine } from '../test/support/machined-lab.js';
 import { describeMachine, requirePrograms } from './harness/machine.js';
 import { propagationProbe, type ProbeOptions, type ProbeSample } from './harness/propagation.js';
+import { foreignCpu } from './harness/processes.js';
+import { share, untilQuiet } from './harness/quiet.js';
 import { BenchReport } from './harness/report.js';
 import { latencySummary, num } from './harness/stats.js';
 
@@ -88,12 +90,16 @@ async function main(): Promise<void> {
   let daemon: DaemonHandle | undefined;
   let configured: ProbeSample[] = [];
   let late: ProbeSample[] = [];
+  const foreign = { configured: NaN, late: NaN };
   try {
     const pool = await createPool(lab, 'pool', knobs.pool, true);
     const latePool = await createPool(lab, 'late', knobs.latePool, false);
     daemon = await DaemonHandle.start(lab.world, ['--bus', lab.busAddress, '--dns', `${STUB}:53`]);
     const common = { bus: lab.busAddress, dns: { host: STUB, port: 53 } };
     report.progress(`${knobs.registrations} registrations with the address configured`);
+    await untilQuiet();
+    let others = foreignCpu();
+    let t0 = performance.now();
     configured = await propagationProbe(lab.world, {
       ...common,
       leaders: pool,
@@ -101,7 +107,11 @@ async function main(): Promise<void> {
       scenario: 'configured',
       namePrefix: 'prop-',
     });
+    foreign.configured = others() / (performance.now() - t0);
     report.progress(`${knobs.late} registrations with the address added later`);
+    await untilQuiet();
+    others = foreignCpu();
+    t0 = performance.now();
     late = await propagationProbe(lab.world, {
       ...common,
       leaders: latePool,
@@ -110,6 +120,7 @@ async function main(): Promise<void> {
       lateDelaysMs: LATE_DELAYS_MS,
       namePrefix: 'late-',
     });
+    foreign.late = others() / (performance.now() - t0);
   } finally {
     await daemon?.stop();
     await lab.dispose();
@@ -121,7 +132,9 @@ async function main(): Promise<void> {
       `${knobs.registrations} registrations, ${knobs.latePool} more leaders with only a link-local address for ` +
       `${knobs.late} late registrations. Ours: \`mymachinesd serve --bus … --dns ${STUB}:53\` (defaults: ` +
       `settle re-reads 100, 250, 500, 1000, 2000, 4000 ms after MachineNew while a machine has no addresses, ` +
-      `refresh every 10 s), unpinned. The probe asks \`NAME.machine A\` back to back, one query in flight.`,
+      `refresh every 10 s), unpinned. The probe asks \`NAME.machine A\` back to back, one query in flight. ` +
+      `Other processes on this shared VM took ${share(foreign.configured)} of one core during the configured ` +
+      `registrations, ${share(foreign.late)} during the late ones.`,
   );
   const header = ['interval', 'n', 'p50', 'p90', 'p99', 'max'];
   report.paragraph('Address configured before registration:');

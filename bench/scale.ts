@@ -25,7 +25,8 @@ import { World } from '../test/support/world.js';
 import { dnsperf } from './harness/dnsperf.js';
 import { fakeMachines, machineName, prng, queryLines } from './harness/fixture.js';
 import { describeMachine, REPO, requirePrograms } from './harness/machine.js';
-import { cpuSince, cpuTime, memory, type Memory } from './harness/processes.js';
+import { cpuSince, cpuTime, foreignCpu, memory, type Memory } from './harness/processes.js';
+import { quietRun, share, untilQuiet } from './harness/quiet.js';
 import { BenchReport } from './harness/report.js';
 import { startDaemon, type DnsUnderTest } from './harness/servers.js';
 import { formatSpread, latencySummary, num, spread, type Spread } from './harness/stats.js';
@@ -55,6 +56,10 @@ interface SizeResult {
   readonly cpuPerQueryUs: number[];
   readonly userdbP50Us: Record<'uid' | 'name', number[]>;
   readonly userdbP99Us: Record<'uid' | 'name', number[]>;
+  /** CPU other processes on this shared VM took while the daemon started, share of one core. */
+  readonly syncForeign: number;
+  /** The most they took during any of the size's other kept runs. */
+  readonly maxForeign: number;
 }
 
 /** What a first sync cannot avoid: the same D-Bus calls, 16 at a time, and nothing else. */
@@ -106,7 +111,10 @@ async function measureSize(n: number, report: BenchReport): Promise<SizeResult> 
       (i) => join(roots, machineName(i)),
     );
     for (let i = 0; i < all.length; i += 1000) await fake.seed(all.slice(i, i + 1000));
-    const bareFetchMs = await bareFetch(fake.busAddress);
+    const bare = await quietRun(() => bareFetch(fake.busAddress));
+    const bareFetchMs = bare.result;
+    await untilQuiet();
+    const syncOthers = foreignCpu();
     report.progress(`${n} machines: bare D-Bus fetch ${num(bareFetchMs)} ms; starting the daemon`);
     const fakePid = fake.pid ?? 0;
     const fakeBefore = cpuTime(fakePid);
@@ -128,6 +136,7 @@ async function measureSize(n: number, report: BenchReport): Promise<SizeResult> 
     );
     daemon = started;
     const readyMs = performance.now() - t0;
+    const syncForeign = syncOthers() / readyMs;
     const fakeCpu = cpuSince(fakePid, fakeBefore);
     const synced = started.handle.lines.find((l) => /synced \d+ machine/.test(l)) ?? '';
     const syncMs = Number(/in (\d+) ms/.exec(synced)?.[1] ?? NaN);
@@ -139,11 +148,16 @@ async function measureSize(n: number, report: BenchReport): Promise<SizeResult> 
     const dnsOptions = { server: started.address, port: started.port, queryFile, cpu: LOAD_CPU };
     await dnsperf(world, { ...dnsOptions, seconds: 2 });
     const qps: number[] = [];
+    const foreign: number[] = [];
     const cpuPerQueryUs: number[] = [];
     for (let run = 0; run < knobs.runs; run++) {
-      const before = cpuTime(started.pid);
-      const r = await dnsperf(world, { ...dnsOptions, seconds: knobs.seconds });
-      const cpu = cpuSince(started.pid, before);
+      const kept = await quietRun(async () => {
+        const before = cpuTime(started.pid);
+        const run = await dnsperf(world, { ...dnsOptions, seconds: knobs.seconds });
+        return { run, cpu: cpuSince(started.pid, before) };
+      });
+      const { run: r, cpu } = kept.result;
+      foreign.push(kept.foreignShare);
       if (r.lost > 0 || (r.rcodes.get('SERVFAIL') ?? 0) > 0)
         throw new Error(`dnsperf at ${n}: ${r.lost} lost`);
       qps.push(r.qps);
@@ -155,13 +169,17 @@ async function measureSize(n: number, report: BenchReport): Promise<SizeResult> 
     const userdbP99Us = { uid: [] as number[], name: [] as number[] };
     for (let run = 0; run < knobs.runs; run++)
       for (const kind of ['uid', 'name'] as const) {
-        const r = await userdbLoad(world, LOAD_CPU, {
-          socket: USERDB,
-          calls: userdbCalls(n, kind),
-          mode: 'connection',
-          count: knobs.lookups,
-          warmup: 500,
-        });
+        const kept = await quietRun(() =>
+          userdbLoad(world, LOAD_CPU, {
+            socket: USERDB,
+            calls: userdbCalls(n, kind),
+            mode: 'connection',
+            count: knobs.lookups,
+            warmup: 500,
+          }),
+        );
+        const r = kept.result;
+        foreign.push(kept.foreignShare);
         if (r.errors > 0 || !Object.values(r.replies).every((x) => x.includes('"record"')))
           throw new Error(
             `userdb at ${n} by ${kind}: ${r.errors} errors, ${JSON.stringify(r.replies).slice(0, 500)}`,
@@ -183,6 +201,8 @@ async function measureSize(n: number, report: BenchReport): Promise<SizeResult> 
       cpuPerQueryUs,
       userdbP50Us,
       userdbP99Us,
+      syncForeign,
+      maxForeign: Math.max(bare.foreignShare, ...foreign),
     };
   } finally {
     await daemon?.stop();
@@ -220,6 +240,7 @@ async function main(): Promise<void> {
       'CPU µs/q',
       'userdb p50 µs uid / name',
       'userdb p99 µs uid / name',
+      'others: sync / most in a run',
     ],
     results.map((r) => [
       String(r.machines),
@@ -233,6 +254,7 @@ async function main(): Promise<void> {
       formatSpread(spread(r.cpuPerQueryUs)),
       `${formatSpread(spread(r.userdbP50Us.uid))} / ${formatSpread(spread(r.userdbP50Us.name))}`,
       `${formatSpread(spread(r.userdbP99Us.uid))} / ${formatSpread(spread(r.userdbP99Us.name))}`,
+      `${share(r.syncForeign)} / ${share(r.maxForeign)}`,
     ]),
   );
 

@@ -8,6 +8,8 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { machineLine, REPO, versionsLine, type MachineInfo } from './machine.js';
+import { foreignCpu } from './processes.js';
+import { share } from './quiet.js';
 
 export const BENCHMARKS_MD = join(REPO, 'BENCHMARKS.md');
 
@@ -64,6 +66,8 @@ export class BenchReport {
   private readonly blocks: string[] = [];
   private readonly rows: SummaryRow[] = [];
   readonly startedAt = new Date();
+  private readonly others = foreignCpu();
+  private readonly t0 = performance.now();
 
   /** The command that reproduces this run: the BENCH_* knobs set, then the npm script. */
   readonly command: string;
@@ -131,6 +135,7 @@ export class BenchReport {
       `- commit: ${m.commit}`,
       `- machine: ${machineLine(m)}`,
       `- versions: ${versionsLine(m)}`,
+      `- other processes on this (shared) VM took ${share(this.others() / (performance.now() - this.t0))} of one core on average during the run`,
       '',
       markdownTable(
         header,
