@@ -12,6 +12,7 @@ import { procHost, type HostReader } from '../src/registry-client/host.js';
 import { Registry, type RegistryOptions } from '../src/registry-client/sync.js';
 import type { RegistryView } from '../src/registry-client/view.js';
 import { PrivateBus } from './support/dbus.js';
+import type { FakeMachine } from './support/fake-machined.js';
 import { FakeMachinedHandle } from './support/fake.js';
 
 /** Resolves when `pred(view)` holds (checked now and after every change). */
@@ -207,6 +208,35 @@ test('[test double] when a leader dies the machine stays registered without addr
   await until(r.view, (v) => v.byName('mortal')?.leaderAlive === false);
   t.deepEqual(addressesOf(r.view, 'mortal'), []);
   t.is(r.view.byName('mortal')?.addressError, 'leader gone');
+});
+
+test('[test double] the leader check reaches every machine, also those after the first few hundred', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const leader = spawn('sleep', ['60'], { stdio: 'ignore' });
+  t.teardown(() => leader.kill('SIGKILL'));
+  const machine = (name: string, pid: number): FakeMachine => ({
+    name,
+    id: '',
+    service: 'test',
+    class: 'container',
+    leader: pid,
+    rootDirectory: '',
+    netif: [],
+    addresses: [],
+    timestamp: '0',
+  });
+  const many = Array.from({ length: 600 }, (_, i) => machine(`m${i}`, process.pid));
+  await fake.seed([...many, machine('last', leader.pid ?? 0)]);
+  const r = registry(fake.busAddress, { leaderCheckIntervalMs: 50, settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  t.true(r.view.byName('last')?.leaderAlive);
+  const exited = once(leader, 'exit');
+  leader.kill('SIGKILL');
+  await exited;
+  await until(r.view, (v) => v.byName('last')?.leaderAlive === false);
+  t.true(r.view.byName('m599')?.leaderAlive, 'the others are untouched');
 });
 
 test('[test double] an unreadable uid_map means no owner, and is re-read later', async (t) => {

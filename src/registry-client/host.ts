@@ -5,7 +5,8 @@
  * tests can inject faults (unreadable maps, stalls) and benchmarks synthetic data.
  */
 import { execFile } from 'node:child_process';
-import { open, readFile } from 'node:fs/promises';
+import { closeSync, constants, openSync, readSync, type Stats } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
 import { z } from 'zod';
 import { isLinkLocal, parseAddress } from './address.js';
 import { isValidUnixId, parseIdMap } from './idmap.js';
@@ -41,24 +42,63 @@ export interface HostReader {
 /** Files larger than this inside a container are not read (a hostile container cannot make us OOM). */
 const ACCOUNT_FILE_MAX = 4 * 1024 * 1024;
 
-export const procHost: HostReader = {
-  async readIdMap(pid, which) {
-    try {
-      const parsed = parseIdMap(await readFile(`/proc/${pid}/${which}_map`, 'utf8'));
-      return parsed.ok
-        ? { kind: 'ok', ranges: parsed.ranges }
-        : { kind: 'unreadable', reason: `malformed line ${parsed.line}` };
-    } catch (err) {
-      return { kind: 'unreadable', reason: errorCode(err) };
+/**
+ * Room for any /proc file read here: a uid_map has at most 340 lines of 33 bytes (user_namespaces(7)),
+ * a stat line is well under 1 KiB.
+ */
+const PROC_FILE_MAX = 64 * 1024;
+const procScratch = Buffer.allocUnsafe(PROC_FILE_MAX);
+
+/**
+ * Reads a file the kernel generates on read (/proc/PID/stat, uid_map, gid_map) synchronously into
+ * one reused buffer. Such files never wait for storage, so the event loop is not held up; the
+ * thread pool instead cost four round trips per file and a fresh 64 KiB buffer (they report size
+ * 0), which at 10,000 machines was most of the registry's CPU and memory churn (BENCHMARKS.md,
+ * bench:scale). Files inside a container (readAccounts) stay asynchronous: they may sit on any
+ * filesystem, FUSE or NFS included.
+ */
+export function readProcFile(
+  path: string,
+): { readonly ok: true; readonly text: string } | { readonly ok: false; readonly reason: string } {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (err) {
+    return { ok: false, reason: errorCode(err) };
+  }
+  try {
+    let length = 0;
+    for (;;) {
+      const n = readSync(fd, procScratch, length, PROC_FILE_MAX - length, null);
+      if (n === 0) return { ok: true, text: procScratch.toString('utf8', 0, length) };
+      length += n;
+      if (length === PROC_FILE_MAX) return { ok: false, reason: 'too large' };
     }
+  } catch (err) {
+    return { ok: false, reason: errorCode(err) }; // e.g. ESRCH: the process exited after the open
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export const procHost: HostReader = {
+  readIdMap(pid, which) {
+    const file = readProcFile(`/proc/${pid}/${which}_map`);
+    if (!file.ok) return Promise.resolve({ kind: 'unreadable', reason: file.reason });
+    const parsed = parseIdMap(file.text);
+    return Promise.resolve(
+      parsed.ok
+        ? { kind: 'ok', ranges: parsed.ranges }
+        : { kind: 'unreadable', reason: `malformed line ${parsed.line}` },
+    );
   },
 
-  async startTime(pid) {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
-    if (stat === undefined) return undefined;
+  startTime(pid) {
+    const file = readProcFile(`/proc/${pid}/stat`);
+    if (!file.ok) return Promise.resolve(undefined);
     // comm may contain spaces and parentheses: fields start after the last ')'
-    const value = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
-    return Number.isFinite(value) ? value : undefined;
+    const value = Number(file.text.slice(file.text.lastIndexOf(')') + 2).split(' ')[19]);
+    return Promise.resolve(Number.isFinite(value) ? value : undefined);
   },
 
   async readAccounts(pid, rootDirectory, which) {
@@ -67,8 +107,8 @@ export const procHost: HostReader = {
     const candidates = [`/proc/${pid}/root/etc/${which}`];
     if (rootDirectory.startsWith('/')) candidates.push(`${rootDirectory.replace(/\/+$/, '')}/etc/${which}`);
     for (const path of candidates) {
-      const text = await readBounded(path, ACCOUNT_FILE_MAX);
-      if (text !== undefined) return parseAccounts(text);
+      const accounts = await accountFiles.read(path);
+      if (accounts !== undefined) return accounts;
     }
     return undefined;
   },
@@ -162,21 +202,71 @@ function runJson<T extends z.ZodType>(args: readonly string[], schema: T): Promi
   });
 }
 
+/**
+ * Opening never waits: a FIFO opened for reading would block until a writer came (a container could
+ * make its /etc/passwd one and hold a thread-pool thread per refresh); O_NONBLOCK changes nothing
+ * for regular files.
+ */
+const OPEN_NO_WAIT = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY;
+
 /** Reads a regular file of at most `max` bytes; anything else (device, FIFO, too large) is unreadable. */
-async function readBounded(path: string, max: number): Promise<string | undefined> {
+async function readBounded(
+  path: string,
+  max: number,
+): Promise<{ text: string; signature: string } | undefined> {
   let handle;
   try {
-    handle = await open(path, 'r');
+    handle = await open(path, OPEN_NO_WAIT);
     const st = await handle.stat();
     if (!st.isFile() || st.size > max) return undefined;
     const text = await handle.readFile('utf8');
-    return text.length > max ? undefined : text;
+    return text.length > max ? undefined : { text, signature: fileSignature(st) };
   } catch {
     return undefined;
   } finally {
     await handle?.close();
   }
 }
+
+/** What changes whenever a file's content may have: ctime cannot be set from user space. */
+function fileSignature(st: Stats): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+}
+
+/**
+ * The accounts of container files read before, by path, with the file's signature: an unchanged
+ * file costs one `stat` instead of open, stat, read and close, which for every container on every
+ * refresh round was most of the registry's idle CPU at 10,000 machines (BENCHMARKS.md, bench:scale).
+ * A changed or replaced file (other inode: a new container behind a reused PID) is read again.
+ * Bounded like the stub's answer cache: cleared when full.
+ */
+export class AccountFileCache {
+  private readonly entries = new Map<
+    string,
+    { readonly signature: string; readonly accounts: InnerAccount[] }
+  >();
+
+  constructor(private readonly limit = 65_536) {}
+
+  async read(path: string): Promise<InnerAccount[] | undefined> {
+    const known = this.entries.get(path);
+    if (known !== undefined) {
+      const st = await stat(path).catch(() => undefined);
+      if (st?.isFile() && fileSignature(st) === known.signature) return known.accounts;
+    }
+    const file = await readBounded(path, ACCOUNT_FILE_MAX);
+    if (file === undefined) {
+      this.entries.delete(path);
+      return undefined;
+    }
+    const accounts = parseAccounts(file.text);
+    if (this.entries.size >= this.limit) this.entries.clear();
+    this.entries.set(path, { signature: file.signature, accounts });
+    return accounts;
+  }
+}
+
+const accountFiles = new AccountFileCache();
 
 function errorCode(err: unknown): string {
   if (err instanceof Error && 'code' in err && typeof err.code === 'string') return err.code;

@@ -84,6 +84,9 @@ const NAME_OWNER_RULE = matchRule({
   arg0: MACHINE1_NAME,
 });
 
+/** Leaders checked between two turns of the event loop (a /proc read each, a few µs). */
+const LEADER_CHECK_SLICE = 256;
+
 type Fetched = { readonly kind: 'found'; readonly record: MachineRecord } | { readonly kind: 'gone' };
 
 export class Registry {
@@ -596,8 +599,12 @@ export class Registry {
     if (this.stopped) return;
     this.leaderTimer = setTimeout(() => {
       void (async () => {
+        let checked = 0;
         for (const m of this.table.all()) {
           if (m.class === 'host' || !m.leaderAlive) continue;
+          // procHost reads /proc synchronously: let queries in between, whatever the machine count.
+          if (++checked % LEADER_CHECK_SLICE === 0)
+            await new Promise<void>((resolve) => setImmediate(resolve));
           const st = await this.host.startTime(m.leader);
           const expected = this.leaderStarts.get(m.name);
           if (st !== undefined && (expected === undefined || st === expected)) continue;
