@@ -110,6 +110,33 @@ test('[test double] addresses that appear after registration are picked up withi
   t.deepEqual(addressesOf(r.view, 'slow'), ['192.0.2.20']);
 });
 
+test('[test double] a routable address that comes after the link-local one is found by the settle re-reads, not left to the refresh', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  // the refresh is a minute away: only the settle schedule can find the second address in time
+  const r = registry(fake.busAddress, { settleDelaysMs: [50, 100, 200, 400, 800] });
+  t.teardown(() => r.stop());
+  await r.start();
+  await fake.register('staged');
+  await fake.setAddresses('staged', ['fe80::1']); // the link is up: only its link-local address
+  await until(r.view, (v) => addressesOf(v, 'staged')?.length === 1, 2_000);
+  await fake.setAddresses('staged', ['192.0.2.60', 'fe80::1']); // then DHCP answers
+  await until(r.view, (v) => addressesOf(v, 'staged')?.[0] === '192.0.2.60', 3_000);
+  t.deepEqual(addressesOf(r.view, 'staged'), ['192.0.2.60', 'fe80::1']);
+});
+
+test('[test double] a machine registered while running is fetched through the object path of its signal, without GetMachine', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const r = registry(fake.busAddress);
+  t.teardown(() => r.stop());
+  await r.start();
+  await fake.stall('GetMachine', 20_000); // a GetMachine round trip would outlast the wait below
+  await fake.register('signalled');
+  await until(r.view, (v) => v.byName('signalled') !== undefined, 4_000);
+  t.pass();
+});
+
 test('[test double] address changes after the settle window show up within the refresh interval', async (t) => {
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());

@@ -263,13 +263,14 @@ export class Registry {
       this.resync?.queue.push(() => this.forget(event.name));
       return;
     }
-    const name = event.name;
-    if (this.resync) this.resync.queue.push(() => this.onMachineNew(name));
-    else this.onMachineNew(name);
+    const { name, path } = event;
+    if (this.resync) this.resync.queue.push(() => this.onMachineNew(name, path));
+    else this.onMachineNew(name, path);
   }
 
-  private onMachineNew(name: string): void {
-    void this.fetchAndApply(name).then(() => this.startSettling(name));
+  /** `path`: machined's object path from the signal, which saves the GetMachine round trip. */
+  private onMachineNew(name: string, path?: string): void {
+    void this.fetchAndApply(name, path).then(() => this.startSettling(name));
   }
 
   /** Drops everything pending for a name; results of fetches already running are discarded. */
@@ -320,7 +321,7 @@ export class Registry {
         // One machine that cannot be read now does not fail the sync: keep what we knew of it
         // and try it again on its own.
         this.noteError(`machine ${l.name}: ${describe(err)}`);
-        this.resync?.queue.push(() => this.onMachineNew(l.name));
+        this.resync?.queue.push(() => this.onMachineNew(l.name, l.path));
         const known = this.table.byName(l.name);
         return known ? ({ kind: 'found', record: known } as const) : ({ kind: 'gone' } as const);
       }),
@@ -357,7 +358,7 @@ export class Registry {
   // ---- fetching one machine ---------------------------------------------------------------------
 
   /** Fetches a machine and applies the result; concurrent requests for one name are coalesced. */
-  private fetchAndApply(name: string): Promise<void> {
+  private fetchAndApply(name: string, path?: string): Promise<void> {
     const running = this.fetches.get(name);
     if (running) {
       running.rerun = true; // the machine may have changed after the running fetch read it
@@ -370,7 +371,7 @@ export class Registry {
         const epoch = this.epochs.get(name) ?? 0;
         let result: Fetched;
         try {
-          result = await this.fetchMachine(name);
+          result = await this.fetchMachine(name, path);
         } catch (err) {
           this.noteError(`machine ${name}: ${describe(err)}`);
           return;
@@ -406,6 +407,12 @@ export class Registry {
       this.options.logger.warn(`machine ${name} has unknown class "${props.Class}"; not served`);
       return { kind: 'gone' };
     }
+    // Independent reads overlap: link names (`ip link`, a process) with the leader's start time and
+    // everything withHostData asks machined and /proc.
+    const [networkInterfaces, leaderStart] = await Promise.all([
+      this.interfaceNames(props.NetworkInterfaces),
+      this.host.startTime(props.Leader),
+    ]);
     const base: MachineRecord = {
       name: props.Name,
       id: props.Id.toString('hex'),
@@ -414,7 +421,7 @@ export class Registry {
       unit: props.Unit,
       leader: props.Leader,
       rootDirectory: props.RootDirectory,
-      networkInterfaces: await this.interfaceNames(props.NetworkInterfaces),
+      networkInterfaces,
       state: parseState(props.State),
       timestamp: props.Timestamp,
       timestampMonotonic: props.TimestampMonotonic,
@@ -429,7 +436,6 @@ export class Registry {
       innerGroups: undefined,
       leaderAlive: true,
     };
-    const leaderStart = await this.host.startTime(props.Leader);
     if (leaderStart !== undefined) this.leaderStarts.set(name, leaderStart);
     const record = await this.withHostData({
       ...base,
@@ -438,29 +444,35 @@ export class Registry {
     return { kind: 'found', record };
   }
 
-  /** Adds addresses, maps and accounts to a record (everything that can change without a signal). */
+  /**
+   * Adds addresses, maps and accounts to a record (everything that can change without a signal).
+   * The addresses (machined) and the maps and accounts (/proc, the container's files) are read at
+   * the same time.
+   */
   private async withHostData(record: MachineRecord): Promise<MachineRecord> {
-    const addresses = await this.readAddresses(record);
+    const [addresses, ids] = await Promise.all([this.readAddresses(record), this.readIds(record)]);
+    return { ...record, ...addresses, ...ids };
+  }
+
+  private async readIds(
+    record: MachineRecord,
+  ): Promise<Pick<MachineRecord, 'uidMap' | 'gidMap' | 'innerUsers' | 'innerGroups'>> {
     let { uidMap, gidMap, innerUsers, innerGroups } = record;
     if (record.class === 'container' && record.leaderAlive) {
-      uidMap = mapOrUndefined(
-        await this.host.readIdMap(record.leader, 'uid'),
-        record.name,
-        'uid',
-        this.options.logger,
-      );
-      gidMap = mapOrUndefined(
-        await this.host.readIdMap(record.leader, 'gid'),
-        record.name,
-        'gid',
-        this.options.logger,
-      );
+      const [uid, gid] = await Promise.all([
+        this.host.readIdMap(record.leader, 'uid'),
+        this.host.readIdMap(record.leader, 'gid'),
+      ]);
+      uidMap = mapOrUndefined(uid, record.name, 'uid', this.options.logger);
+      gidMap = mapOrUndefined(gid, record.name, 'gid', this.options.logger);
       if (hasPrivateUserNamespace(uidMap) || hasPrivateUserNamespace(gidMap)) {
-        innerUsers = await this.host.readAccounts(record.leader, record.rootDirectory, 'passwd');
-        innerGroups = await this.host.readAccounts(record.leader, record.rootDirectory, 'group');
+        [innerUsers, innerGroups] = await Promise.all([
+          this.host.readAccounts(record.leader, record.rootDirectory, 'passwd'),
+          this.host.readAccounts(record.leader, record.rootDirectory, 'group'),
+        ]);
       }
     }
-    return { ...record, ...addresses, uidMap, gidMap, innerUsers, innerGroups };
+    return { uidMap, gidMap, innerUsers, innerGroups };
   }
 
   private async readAddresses(
@@ -671,10 +683,16 @@ function hasPrivateUserNamespace(map: readonly IdRange[] | undefined): boolean {
   return (map ?? []).some((r) => r.outer !== 0);
 }
 
-/** Still settling: a live machine without addresses, or a container whose user namespace is not mapped yet. */
+/**
+ * Still settling: a live machine without a routable address, or a container whose user namespace is
+ * not mapped yet. A link-local address alone does not end it: a container's link has one as soon as
+ * it is up, and its routable addresses (DHCP, networkd) come later; stopping at the link-local one
+ * left them to the refresh, 10 s later (BENCHMARKS.md, bench:propagation). A machine that only ever
+ * has link-local addresses costs the bounded schedule, no more.
+ */
 function needsSettling(m: MachineRecord): boolean {
   if (!m.leaderAlive || m.class === 'host') return false;
-  const noAddresses = m.addresses.length === 0 && m.addressError === undefined;
+  const noAddresses = m.addresses.every((a) => a.linkLocal) && m.addressError === undefined;
   const unmapped = m.class === 'container' && (m.uidMap === undefined || m.uidMap.length === 0);
   return noAddresses || unmapped;
 }
