@@ -8,13 +8,16 @@ import * as fc from 'fast-check';
 import { MachineTable } from '../src/registry-client/registry.js';
 import type { MachineClass } from '../src/registry-client/view.js';
 import { parseNet, type Net } from '../src/resolver/nets.js';
+import { answer } from '../src/resolver/answer.js';
 import {
+  ANSWER_CACHE_MIN,
   compileZone,
   ZoneCompiler,
   type ServedMachine,
   type Zone,
   type ZonePolicy,
 } from '../src/resolver/zone.js';
+import { query } from './support/dns.js';
 import { machineRecord } from './support/records.js';
 
 const hex = (b: Buffer): string => b.toString('hex');
@@ -153,4 +156,28 @@ test('a record compiled once is prepared once: unchanged machines keep their ser
   t.is(machinesAt(after, webKey)[0], machinesAt(before, webKey)[0], 'web did not change: same object');
   t.not(machinesAt(after, dbKey)[0], machinesAt(before, dbKey)[0], 'db changed: prepared again');
   t.is(hex(machinesAt(after, dbKey)[0]?.a[0]?.rdata ?? Buffer.alloc(0)), 'c0000203');
+});
+
+test('the answer cache holds every name of a large zone twice over, never fewer than 8192 answers, and is cleared when full', (t) => {
+  const big = new MachineTable();
+  for (let i = 0; i < 5000; i++)
+    big.upsert(machineRecord({ name: `m${i}`, addresses: [`10.0.${i >> 8}.${i & 255}`] }));
+  const zone = compileZone(big, BASE_POLICY);
+  t.is(
+    zone.answerLimit,
+    2 * zone.nodes.size,
+    '5000 names in the domain, 5000 bare, 5000 reverse and the apex',
+  );
+  for (let i = 0; i < 5000; i++) {
+    answer(query(`m${i}.machine`, 'A'), zone, 'udp');
+    answer(query(`m${i}`, 'A'), zone, 'udp');
+  }
+  t.is(zone.answers.size, 10_000, 'all kept: no clearing below the limit');
+
+  const small = compileZone(new MachineTable(), BASE_POLICY);
+  t.is(small.answerLimit, ANSWER_CACHE_MIN);
+  for (let i = 0; i < ANSWER_CACHE_MIN; i++) answer(query(`x${i}.machine`, 'A'), small, 'udp');
+  t.is(small.answers.size, ANSWER_CACHE_MIN);
+  answer(query('one-more.machine', 'A'), small, 'udp');
+  t.is(small.answers.size, 1, 'full: cleared, then the new answer kept');
 });

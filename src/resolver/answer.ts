@@ -82,9 +82,6 @@ function unreachable(value: never): never {
   throw new TypeError(`unhandled outcome ${JSON.stringify(value)}`);
 }
 
-/** How many encoded answers a zone keeps; cleared when full, so random names cannot grow it. */
-export const ANSWER_CACHE_LIMIT = 8192;
-
 // One parse target, one writer and one key buffer for the whole process: `answer` is synchronous.
 const fields = new QueryFields();
 const writer = new ResponseWriter();
@@ -138,7 +135,7 @@ export function answer(query: Buffer, zone: Zone, transport: Transport): Reply {
   if (resolution === FORWARD) return FORWARD;
   const bytes = encode(resolution, query, fields, zone, limit);
   if (isKeepable(resolution)) {
-    if (zone.answers.size >= ANSWER_CACHE_LIMIT) zone.answers.clear();
+    if (zone.answers.size >= zone.answerLimit) zone.answers.clear();
     zone.answers.set(key, Buffer.from(bytes));
   }
   return bytes;
