@@ -152,6 +152,22 @@ test('[test double] address changes after the settle window show up within the r
   t.deepEqual(addressesOf(r.view, 'm'), ['192.0.2.31', 'fd00::31']);
 });
 
+test('[test double] a refresh round reaches every machine within one interval, spread over it', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const names = ['r1', 'r2', 'r3', 'r4', 'r5'];
+  for (const n of names) await fake.register(n);
+  const r = registry(fake.busAddress, { refreshIntervalMs: 400, settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  for (const [i, n] of names.entries()) await fake.setAddresses(n, [`192.0.2.${70 + i}`]);
+  await until(r.view, (v) => names.every((n) => addressesOf(v, n)?.length === 1), 2_000);
+  t.deepEqual(
+    names.map((n) => addressesOf(r.view, n)?.[0]),
+    ['192.0.2.70', '192.0.2.71', '192.0.2.72', '192.0.2.73', '192.0.2.74'],
+  );
+});
+
 test('[test double] no private networking is recorded, not an error', async (t) => {
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());

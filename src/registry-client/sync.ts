@@ -49,7 +49,7 @@ export interface RegistryOptions {
   readonly leaderCheckIntervalMs?: number;
   /** Deadline of each D-Bus call (GetMachineAddresses forks into the container). */
   readonly callTimeoutMs?: number;
-  /** Parallel D-Bus fetches during a resync and refresh round. */
+  /** Parallel D-Bus fetches during a resync. */
   readonly concurrency?: number;
   readonly reconnectMinMs?: number;
   readonly reconnectMaxMs?: number;
@@ -84,8 +84,12 @@ const NAME_OWNER_RULE = matchRule({
   arg0: MACHINE1_NAME,
 });
 
-/** Leaders checked between two turns of the event loop (a /proc read each, a few µs). */
-const LEADER_CHECK_SLICE = 256;
+/**
+ * How long the leader check reads /proc (a few µs per leader) before it lets queries in: slices of
+ * 256 leaders held DNS answers for over a millisecond every 2 s at 1,000 machines and made the p99
+ * at 10,000 q/s 1.4–2.6 ms instead of 0.3–0.5 ms (BENCHMARKS.md, bench:dns).
+ */
+const LEADER_CHECK_SLICE_MS = 0.25;
 
 type Fetched = { readonly kind: 'found'; readonly record: MachineRecord } | { readonly kind: 'gone' };
 
@@ -106,6 +110,7 @@ export class Registry {
   private reconnectTimer: NodeJS.Timeout | undefined;
   private reconnectDelay: number;
   private refreshTimer: NodeJS.Timeout | undefined;
+  private refreshWake: (() => void) | undefined;
   private leaderTimer: NodeJS.Timeout | undefined;
   private lastSyncAt = 0;
   private lastSyncMs = 0;
@@ -159,7 +164,7 @@ export class Registry {
    */
   async start(): Promise<void> {
     void this.connect();
-    this.scheduleRefresh();
+    void this.refreshRounds();
     this.scheduleLeaderCheck();
     await this.firstSync.promise;
   }
@@ -168,6 +173,7 @@ export class Registry {
     this.stopped = true;
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.refreshTimer);
+    this.refreshWake?.();
     clearTimeout(this.leaderTimer);
     for (const t of this.settleTimers.values()) clearTimeout(t);
     this.settleTimers.clear();
@@ -593,17 +599,43 @@ export class Registry {
     );
   }
 
-  private scheduleRefresh(): void {
-    if (this.stopped) return;
-    this.refreshTimer = setTimeout(() => {
+  /**
+   * Every machine is refreshed once per interval, one after the other, spread evenly over the
+   * interval. The daemon serves meanwhile: a round done at once (16 at a time) came as a burst of
+   * work and garbage whose scavenges and batched replies held DNS answers for milliseconds at 1,000
+   * machines (BENCHMARKS.md, bench:dns). A round that needs longer than the interval (tens of
+   * thousands of machines) simply runs without pauses, and the next one starts when it ends.
+   */
+  private async refreshRounds(): Promise<void> {
+    const interval = this.opts.refreshIntervalMs;
+    await this.pauseUntil(Date.now() + interval);
+    while (!this.stopped) {
+      const began = Date.now();
       const names = this.table
         .all()
         .filter((m) => m.class !== 'host')
         .map((m) => m.name);
-      void mapLimit(names, this.opts.concurrency, (n) => this.refresh(n)).finally(() =>
-        this.scheduleRefresh(),
-      );
-    }, this.opts.refreshIntervalMs);
+      const gap = interval / Math.max(1, names.length);
+      for (const [i, name] of names.entries()) {
+        await this.pauseUntil(began + i * gap);
+        if (this.stopped) return;
+        await this.refresh(name);
+      }
+      await this.pauseUntil(began + interval);
+    }
+  }
+
+  /** Resolves at `time` (Date.now() clock), or at once when it has passed or the registry stops. */
+  private pauseUntil(time: number): Promise<void> {
+    const wait = time - Date.now();
+    if (wait <= 0 || this.stopped) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.refreshWake = resolve;
+      this.refreshTimer = setTimeout(() => {
+        this.refreshWake = undefined;
+        resolve();
+      }, wait);
+    });
   }
 
   /** A leader that died (machined keeps the machine: no systemd told it) loses its maps and addresses. */
@@ -611,12 +643,14 @@ export class Registry {
     if (this.stopped) return;
     this.leaderTimer = setTimeout(() => {
       void (async () => {
-        let checked = 0;
+        let slice = performance.now();
         for (const m of this.table.all()) {
           if (m.class === 'host' || !m.leaderAlive) continue;
           // procHost reads /proc synchronously: let queries in between, whatever the machine count.
-          if (++checked % LEADER_CHECK_SLICE === 0)
+          if (performance.now() - slice > LEADER_CHECK_SLICE_MS) {
             await new Promise<void>((resolve) => setImmediate(resolve));
+            slice = performance.now();
+          }
           const st = await this.host.startTime(m.leader);
           const expected = this.leaderStarts.get(m.name);
           if (st !== undefined && (expected === undefined || st === expected)) continue;
