@@ -46,6 +46,7 @@ const knobs = {
 const SERVER_CPU = 0;
 const LOAD_CPU = 1;
 const QUERY_LINES = 10_000;
+const NO_REFRESH = 'mymachinesd --refresh 3600';
 
 interface Measured {
   readonly server: DnsUnderTest;
@@ -115,6 +116,10 @@ async function main(): Promise<void> {
     servers.push(await startMymachinesd(world, fake.busAddress, SERVER_CPU));
     servers.push(await startDnsmasq(world, hosts, SERVER_CPU));
     servers.push(await startNodeCeiling(world, SERVER_CPU));
+    // Informative: the same daemon without the periodic address refresh, to show what the refresh
+    // costs the tail (machined sends no signal for address changes, so the default polls every 10 s).
+    const quiet = await startMymachinesd(world, fake.busAddress, SERVER_CPU, ['--refresh', '3600']);
+    servers.push({ ...quiet, label: NO_REFRESH });
     await sanity(world, servers, report);
 
     const measured: Measured[] = servers.map((server) => ({
@@ -197,8 +202,8 @@ async function main(): Promise<void> {
 }
 
 function write(report: BenchReport, measured: readonly Measured[]): void {
-  const [ours, dnsmasq, ceiling] = measured;
-  if (!ours || !dnsmasq || !ceiling) throw new Error('three servers expected');
+  const [ours, dnsmasq, ceiling, noRefresh] = measured;
+  if (!ours || !dnsmasq || !ceiling || !noRefresh) throw new Error('four servers expected');
   const q = (m: Measured): number[] => m.throughput.map((r) => r.qps);
   report.paragraph(
     `Setup: ${knobs.machines} machines (A + AAAA each); query file of ${QUERY_LINES} lines, ` +
@@ -206,9 +211,10 @@ function write(report: BenchReport, measured: readonly Measured[]): void {
       `Ours: \`mymachinesd serve --bus … --dns 127.0.0.1:0\` (real CLI, defaults otherwise: userdb and control ` +
       `sockets on, address refresh every 10 s) following FakeMachined (TEST DOUBLE of machined). ` +
       `Servers pinned to CPU ${SERVER_CPU} (\`taskset -c ${SERVER_CPU}\` from start), dnsperf to CPU ${LOAD_CPU}; ` +
-      `while one server is measured the other two are stopped (SIGSTOP), so none takes CPU ${SERVER_CPU} from another. ` +
+      `while one server is measured the others are stopped (SIGSTOP), so none takes CPU ${SERVER_CPU} from another. ` +
       `Throughput: ${knobs.runs} × ${knobs.seconds} s per server (after ${knobs.warmupSeconds} s warm-up), servers ` +
-      `taking turns; latency: ${knobs.latencyRuns} × ${knobs.seconds} s open loop at ${knobs.rate} q/s.`,
+      `taking turns; latency: ${knobs.latencyRuns} × ${knobs.seconds} s open loop at ${knobs.rate} q/s. ` +
+      `For information, a fourth server is the same daemon with \`--refresh 3600\` (no periodic address polling).`,
   );
   report.paragraph(`dnsperf command (throughput): \`${ours.throughput[0]?.command ?? ''}\``);
   const runRows = measured.flatMap((m) =>
@@ -296,6 +302,15 @@ function write(report: BenchReport, measured: readonly Measured[]): void {
     ratio: num(p99.median / dp99.median, 2),
     target: 'p99 < 1 ms',
     met: p99.median < 1,
+  });
+  const quietP99 = spread(noRefresh.latency.map((l) => l.p99));
+  report.summary({
+    measurement: `p99 at ${knobs.rate} q/s without the periodic address refresh (--refresh 3600; informative)`,
+    ours: formatSpread(quietP99, ' ms'),
+    anchor: `dnsmasq ${formatSpread(dp99, ' ms')}`,
+    ratio: num(quietP99.median / dp99.median, 2),
+    target: '—',
+    met: undefined,
   });
   const p50 = spread(ours.latency.map((l) => l.p50));
   const dp50 = spread(dnsmasq.latency.map((l) => l.p50));
