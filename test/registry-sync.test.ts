@@ -253,6 +253,60 @@ test('[test double] when a leader dies the machine stays registered without addr
   t.is(r.view.byName('mortal')?.addressError, 'leader gone');
 });
 
+test('[test double] registration order is the order of MachineNew, even when the first machine is fetched last', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const other = spawn('sleep', ['60'], { stdio: 'ignore' });
+  t.teardown(() => other.kill('SIGKILL'));
+  const slowLeader = process.pid;
+  const range = [{ inner: 0, outer: 655360, count: 65536 }];
+  const host: HostReader = {
+    ...procHost,
+    // the first machine's map takes longer to read than the second's: its record arrives last
+    readIdMap: async (pid) => {
+      if (pid === slowLeader) await new Promise((resolve) => setTimeout(resolve, 300));
+      return { kind: 'ok', ranges: range };
+    },
+    readAccounts: () => Promise.resolve([]),
+  };
+  const r = registry(fake.busAddress, { host, settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  await fake.register('testct', { leader: slowLeader });
+  await fake.register('twin', { leader: other.pid ?? 0 });
+  await until(r.view, (v) => names(v).length === 2, 3_000);
+  t.deepEqual(
+    r.view.all().map((m) => m.name),
+    ['testct', 'twin'],
+  );
+  t.is(r.view.ownerOfUid(656360)?.machine.name, 'testct');
+});
+
+test('[test double] a first sync orders machines by registration time, not by ListMachines order', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const machine = (name: string, timestamp: string): FakeMachine => ({
+    name,
+    id: '',
+    service: 'test',
+    class: 'container',
+    leader: process.pid,
+    rootDirectory: '',
+    netif: [],
+    addresses: [],
+    timestamp,
+  });
+  // listed (like machined's hashmap) in another order than they registered
+  await fake.seed([machine('twin', '2000000'), machine('none', '0'), machine('testct', '1000000')]);
+  const r = registry(fake.busAddress, { settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  t.deepEqual(
+    r.view.all().map((m) => m.name),
+    ['testct', 'twin', 'none'],
+  );
+});
+
 test('[test double] the leader check reaches every machine, also those after the first few hundred', async (t) => {
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());

@@ -106,6 +106,9 @@ export class Registry {
   private readonly refreshes = new Map<string, Promise<void>>();
   private readonly settleTimers = new Map<string, NodeJS.Timeout>();
   private readonly leaderStarts = new Map<string, number>();
+  /** Rank of each machine's MachineNew, for its place in registration order. */
+  private readonly arrivals = new Map<string, number>();
+  private arrivalCount = 0;
   private resync: { queue: (() => void)[]; again: boolean } | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private reconnectDelay: number;
@@ -264,12 +267,16 @@ export class Registry {
     if (!event) return;
     if (event.kind === 'MachineRemoved') {
       // Applied at once, also during a resync: a removed machine is never served again.
+      this.arrivals.delete(event.name);
       this.forget(event.name);
       if (this.table.remove(event.name)) this.options.logger.info(`machine ${event.name} removed`);
       this.resync?.queue.push(() => this.forget(event.name));
       return;
     }
     const { name, path } = event;
+    // Registration order is the order of these signals, not the order in which fetches finish
+    // (machined answers lookups with the first machine that owns an id, reference §2.3).
+    this.arrivals.set(name, ++this.arrivalCount);
     if (this.resync) this.resync.queue.push(() => this.onMachineNew(name, path));
     else this.onMachineNew(name, path);
   }
@@ -339,7 +346,10 @@ export class Registry {
       if (f?.kind === 'found' && (this.epochs.get(l.name) ?? 0) === epochs.get(l.name))
         byName.set(l.name, f.record);
     });
-    // Keep the registration order of machines we already knew; new ones follow in listing order.
+    // Keep the registration order of machines we already knew; new ones follow in the order they
+    // registered (their Timestamp): ListMachines gives machined's hashmap order, random per machined
+    // process, which made "the first registered owner" (userdb, row owner-order) a coin toss after
+    // a start. Machines without a timestamp follow, in listing order.
     const ordered: MachineRecord[] = [];
     for (const known of this.table.all()) {
       const r = byName.get(known.name);
@@ -348,7 +358,7 @@ export class Registry {
         byName.delete(known.name);
       }
     }
-    ordered.push(...byName.values());
+    ordered.push(...[...byName.values()].sort(byRegistrationTime));
     this.table.replaceAll(ordered);
     for (const r of ordered) this.startSettlingIfNeeded(r);
     this.finishSync(began);
@@ -388,7 +398,8 @@ export class Registry {
         } else {
           const known = this.table.byName(name);
           if (!known) this.options.logger.info(`machine ${name} (${result.record.class}) registered`);
-          if (!known || !sameMachine(known, result.record)) this.table.upsert(result.record);
+          if (!known || !sameMachine(known, result.record))
+            this.table.upsert(result.record, this.arrivals.get(name));
         }
       } while (entry.rerun && !this.stopped);
     })().finally(() => this.fetches.delete(name));
@@ -677,6 +688,13 @@ export class Registry {
 }
 
 // ---- pure helpers ---------------------------------------------------------------------------------
+
+/** Earlier registrations first; machines without a timestamp (0) after all others. */
+function byRegistrationTime(a: MachineRecord, b: MachineRecord): number {
+  const x = a.timestamp === 0n ? Infinity : a.timestamp;
+  const y = b.timestamp === 0n ? Infinity : b.timestamp;
+  return x < y ? -1 : x > y ? 1 : 0;
+}
 
 function parseClass(value: string): MachineClass | undefined {
   return value === 'container' || value === 'vm' || value === 'host' ? value : undefined;
