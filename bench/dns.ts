@@ -118,7 +118,14 @@ async function main(): Promise<void> {
     servers.push(await startNodeCeiling(world, SERVER_CPU));
     // Informative: the same daemon without the periodic address refresh, to show what the refresh
     // costs the tail (machined sends no signal for address changes, so the default polls every 10 s).
-    const quiet = await startMymachinesd(world, fake.busAddress, SERVER_CPU, ['--refresh', '3600']);
+    const quiet = await startMymachinesd(world, fake.busAddress, SERVER_CPU, [
+      '--refresh',
+      '3600',
+      '--userdb',
+      '/run/mymachinesd-no-refresh/io.mymachinesd.Machine',
+      '--control',
+      '/run/mymachinesd-no-refresh/control',
+    ]);
     servers.push({ ...quiet, label: NO_REFRESH });
     await sanity(world, servers, report);
 

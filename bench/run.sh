@@ -1,10 +1,10 @@
 #!/bin/bash
 # bench/run.sh [NAME...] - set-up once (scripts/setup.sh --with-bench: dnsperf, dnsmasq, perf, build),
-# then the named benchmarks in order (all when none is named): dns getaddrinfo userdb propagation scale.
+# then the named benchmarks in order (all when none is named): dns getaddrinfo userdb propagation scale micro.
 # Each appends a dated section to BENCHMARKS.md. Needs root: everything runs in private namespaces.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-all=(dns getaddrinfo userdb propagation scale)
+all=(dns getaddrinfo userdb propagation scale micro)
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=("${all[@]}")
 for n in "${names[@]}"; do

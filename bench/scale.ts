@@ -60,6 +60,8 @@ interface SizeResult {
   readonly syncForeign: number;
   /** The most they took during any of the size's other kept runs. */
   readonly maxForeign: number;
+  /** Largest size only: DNS q/s of the same daemon started with --no-polling (informative). */
+  readonly noPollingQps: number[];
 }
 
 /** What a first sync cannot avoid: the same D-Bus calls, 16 at a time, and nothing else. */
@@ -94,7 +96,7 @@ function userdbCalls(machines: number, kind: 'uid' | 'name'): string[] {
   });
 }
 
-async function measureSize(n: number, report: BenchReport): Promise<SizeResult> {
+async function measureSize(n: number, report: BenchReport, largest: boolean): Promise<SizeResult> {
   const fake = await FakeMachinedHandle.start();
   const world = await World.create();
   let daemon: DnsUnderTest | undefined;
@@ -189,6 +191,38 @@ async function measureSize(n: number, report: BenchReport): Promise<SizeResult> 
         userdbP99Us[kind].push(l.p99);
       }
     report.progress(`${n} machines: userdb p50 by uid ${userdbP50Us.uid.map((v) => num(v)).join(', ')} µs`);
+    const memoryAfter = memory(started.pid);
+    const noPollingQps: number[] = [];
+    if (largest) {
+      // The same daemon without periodic polling: what the address refresh and the leader check
+      // cost the query path at this size.
+      await started.stop();
+      daemon = undefined;
+      const quiet = await startDaemon(
+        world,
+        'mymachinesd (bench entry, --no-polling)',
+        [
+          process.execPath,
+          SCALE_DAEMON_JS,
+          '--bus',
+          fake.busAddress,
+          '--dns',
+          '127.0.0.1:0',
+          '--userdb',
+          USERDB,
+          '--no-polling',
+        ],
+        SERVER_CPU,
+      );
+      daemon = quiet;
+      const options = { server: quiet.address, port: quiet.port, queryFile, cpu: LOAD_CPU };
+      await dnsperf(world, { ...options, seconds: 2 });
+      for (let run = 0; run < knobs.runs; run++) {
+        const kept = await quietRun(() => dnsperf(world, { ...options, seconds: knobs.seconds }));
+        noPollingQps.push(kept.result.qps);
+      }
+      report.progress(`${n} machines, no polling: DNS ${noPollingQps.map((q) => num(q)).join(', ')} q/s`);
+    }
     return {
       machines: n,
       bareFetchMs,
@@ -196,7 +230,8 @@ async function measureSize(n: number, report: BenchReport): Promise<SizeResult> 
       syncMs,
       fakeCpuMs: fakeCpu.userMs + fakeCpu.systemMs,
       memoryReady,
-      memoryAfter: memory(started.pid),
+      memoryAfter,
+      noPollingQps,
       qps,
       cpuPerQueryUs,
       userdbP50Us,
@@ -215,7 +250,8 @@ async function main(): Promise<void> {
   requirePrograms(['dnsperf', 'taskset', 'dbus-daemon']);
   const report = new BenchReport('scale', describeMachine(['dnsperf', 'dbus-daemon']));
   const results: SizeResult[] = [];
-  for (const n of knobs.sizes) results.push(await measureSize(n, report));
+  for (const [i, n] of knobs.sizes.entries())
+    results.push(await measureSize(n, report, i === knobs.sizes.length - 1));
 
   report.paragraph(
     `Setup: FakeMachined (TEST DOUBLE of machined, Node + dbus-next) on a private dbus-daemon, seeded with N ` +
@@ -299,6 +335,18 @@ async function main(): Promise<void> {
     });
   };
   flat('DNS q/s', (r) => spread(r.qps), ' q/s', true);
+  if (largest.noPollingQps.length > 0) {
+    const a = spread(smallest.qps);
+    const b = spread(largest.noPollingQps);
+    report.summary({
+      measurement: `DNS q/s, ${largest.machines} machines with --no-polling (informative: the cost of the address refresh and leader check)`,
+      ours: formatSpread(b, ' q/s'),
+      anchor: `${smallest.machines} machines (with polling): ${formatSpread(a, ' q/s')}`,
+      ratio: num(b.median / a.median, 2),
+      target: '—',
+      met: undefined,
+    });
+  }
   flat('userdb lookup by uid, p50', (r) => spread(r.userdbP50Us.uid), ' µs', false);
   flat('userdb lookup by name, p50', (r) => spread(r.userdbP50Us.name), ' µs', false);
   await report.write();

@@ -51,8 +51,10 @@ export const ProbeSample = z.object({
   nxdomainMs: z.number(),
   /** Answers with the machine's address seen after the unregister call returned… */
   staleAnswers: z.number(),
-  /** …and of those, answers sent after a bus listener had seen MachineRemoved. */
+  /** …and of those, answers to queries asked after a bus listener had seen MachineRemoved… */
   staleAfterSignal: z.number(),
+  /** …the latest of which was asked this long after the listener saw it (0: none). */
+  staleAfterSignalMs: z.number(),
 });
 export type ProbeSample = z.infer<typeof ProbeSample>;
 

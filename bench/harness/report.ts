@@ -14,7 +14,7 @@ import { share } from './quiet.js';
 export const BENCHMARKS_MD = join(REPO, 'BENCHMARKS.md');
 
 /** Summary rows are kept in this order of benchmarks. */
-export const BENCH_NAMES = ['dns', 'getaddrinfo', 'userdb', 'propagation', 'scale'] as const;
+export const BENCH_NAMES = ['dns', 'getaddrinfo', 'userdb', 'propagation', 'scale', 'micro'] as const;
 export type BenchName = (typeof BENCH_NAMES)[number];
 
 export interface SummaryRow {

@@ -150,6 +150,7 @@ async function main(): Promise<void> {
       const unregistered = now();
       let staleAnswers = 0;
       let staleAfterSignal = 0;
+      let staleAfterSignalMs = 0;
       for (;;) {
         const asked = now();
         const reply = await stub.ask(qname);
@@ -157,7 +158,10 @@ async function main(): Promise<void> {
         if (hasAddress(reply, leader.address)) {
           staleAnswers++;
           const removed = signals.get(`MachineRemoved ${name}`);
-          if (removed !== undefined && removed < asked) staleAfterSignal++;
+          if (removed !== undefined && removed < asked) {
+            staleAfterSignal++;
+            staleAfterSignalMs = Math.max(staleAfterSignalMs, asked - removed);
+          }
         }
         if (now() - unregistered > 60_000) throw new Error(`${qname}: no NXDOMAIN in 60 s`);
       }
@@ -176,6 +180,7 @@ async function main(): Promise<void> {
         nxdomainMs: gone - unregistered,
         staleAnswers,
         staleAfterSignal,
+        staleAfterSignalMs,
       });
     }
   } finally {

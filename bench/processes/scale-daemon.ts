@@ -4,13 +4,14 @@
  * `ready`), but with a synthetic HostReader, because 10,000 real user namespaces are too heavy for a
  * benchmark. Not a product entry point: no control socket, no socket activation, no resolved.
  *
- *   node scale-daemon.js --bus ADDRESS --dns HOST:PORT --userdb PATH
+ *   node scale-daemon.js --bus ADDRESS --dns HOST:PORT --userdb PATH [--no-polling]
  *
  * The synthetic HostReader: ../harness/synthetic-host.ts.
  */
 import { mkdir } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { parseArgs } from 'node:util';
+import { limitHeapGrowth } from '../../src/daemon/heap.js';
 import { createLogger, withPrefix } from '../../src/log.js';
 import { Registry } from '../../src/registry-client/sync.js';
 import { DnsServer } from '../../src/resolver/index.js';
@@ -20,13 +21,26 @@ import { syntheticHost } from '../harness/synthetic-host.js';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { bus: { type: 'string' }, dns: { type: 'string' }, userdb: { type: 'string' } },
+    options: {
+      bus: { type: 'string' },
+      dns: { type: 'string' },
+      userdb: { type: 'string' },
+      // informative runs only: no address refresh and no leader check, to show what polling costs
+      'no-polling': { type: 'boolean' },
+    },
   });
   const { bus, dns: listen, userdb: userdbPath } = values;
   if (bus === undefined || listen === undefined || userdbPath === undefined)
     throw new Error('usage: scale-daemon.js --bus ADDRESS --dns HOST:PORT --userdb PATH');
+  limitHeapGrowth(); // as serve() does
   const logger = createLogger('info');
-  const registry = new Registry({ busAddress: bus, logger, host: syntheticHost });
+  const hour = 3_600_000;
+  const registry = new Registry({
+    busAddress: bus,
+    logger,
+    host: syntheticHost,
+    ...(values['no-polling'] === true ? { refreshIntervalMs: hour, leaderCheckIntervalMs: hour } : {}),
+  });
 
   const userdb = new VarlinkServer({
     logger: withPrefix(logger, 'userdb: '),
