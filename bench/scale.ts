@@ -62,6 +62,8 @@ interface SizeResult {
   readonly maxForeign: number;
   /** Largest size only: DNS q/s of the same daemon started with --no-polling (informative). */
   readonly noPollingQps: number[];
+  /** Largest size only: userdb p50 by uid of that daemon (informative). */
+  readonly noPollingUserdbP50Us: number[];
 }
 
 /** What a first sync cannot avoid: the same D-Bus calls, 16 at a time, and nothing else. */
@@ -193,6 +195,7 @@ async function measureSize(n: number, report: BenchReport, largest: boolean): Pr
     report.progress(`${n} machines: userdb p50 by uid ${userdbP50Us.uid.map((v) => num(v)).join(', ')} µs`);
     const memoryAfter = memory(started.pid);
     const noPollingQps: number[] = [];
+    const noPollingUserdbP50Us: number[] = [];
     if (largest) {
       // The same daemon without periodic polling: what the address refresh and the leader check
       // cost the query path at this size.
@@ -221,6 +224,18 @@ async function measureSize(n: number, report: BenchReport, largest: boolean): Pr
         const kept = await quietRun(() => dnsperf(world, { ...options, seconds: knobs.seconds }));
         noPollingQps.push(kept.result.qps);
       }
+      for (let run = 0; run < knobs.runs; run++) {
+        const kept = await quietRun(() =>
+          userdbLoad(world, LOAD_CPU, {
+            socket: USERDB,
+            calls: userdbCalls(n, 'uid'),
+            mode: 'connection',
+            count: knobs.lookups,
+            warmup: 500,
+          }),
+        );
+        noPollingUserdbP50Us.push(latencySummary(kept.result.latenciesUs).p50);
+      }
       report.progress(`${n} machines, no polling: DNS ${noPollingQps.map((q) => num(q)).join(', ')} q/s`);
     }
     return {
@@ -232,6 +247,7 @@ async function measureSize(n: number, report: BenchReport, largest: boolean): Pr
       memoryReady,
       memoryAfter,
       noPollingQps,
+      noPollingUserdbP50Us,
       qps,
       cpuPerQueryUs,
       userdbP50Us,
@@ -342,6 +358,18 @@ async function main(): Promise<void> {
       measurement: `DNS q/s, ${largest.machines} machines with --no-polling (informative: the cost of the address refresh and leader check)`,
       ours: formatSpread(b, ' q/s'),
       anchor: `${smallest.machines} machines (with polling): ${formatSpread(a, ' q/s')}`,
+      ratio: num(b.median / a.median, 2),
+      target: '—',
+      met: undefined,
+    });
+  }
+  if (largest.noPollingUserdbP50Us.length > 0) {
+    const a = spread(smallest.userdbP50Us.uid);
+    const b = spread(largest.noPollingUserdbP50Us);
+    report.summary({
+      measurement: `userdb lookup by uid, p50, ${largest.machines} machines with --no-polling (informative)`,
+      ours: formatSpread(b, ' µs'),
+      anchor: `${smallest.machines} machines (with polling): ${formatSpread(a, ' µs')}`,
       ratio: num(b.median / a.median, 2),
       target: '—',
       met: undefined,
