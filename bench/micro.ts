@@ -9,12 +9,15 @@
  * 2. answer() over the bench:dns query mix: a zone whose answer cache holds the whole mix against
  *    one whose cache was capped at 8192 entries (the former fixed limit, the anchor), at 10,000
  *    machines; and the hit path at 1,000 machines.
+ * 3. userdb lookupUser by uid and by name over random machines, at 100 and 10,000 machines: the
+ *    lookup itself must cost the same at both sizes.
  *
  * The process pins itself to CPU 0 (taskset -p); medians of BENCH_REPEATS repeats, with their range.
  */
 import * as dnsPacket from 'dns-packet';
 import { MachineTable } from '../src/registry-client/registry.js';
 import { answer } from '../src/resolver/answer.js';
+import { lookupUser } from '../src/userdb/records.js';
 import { compileZone, ZoneCompiler, type Zone, type ZonePolicy } from '../src/resolver/zone.js';
 import { machineRecord } from '../test/support/records.js';
 import { machineIPv4, machineIPv6, machineName, queryLines } from './harness/fixture.js';
@@ -168,6 +171,46 @@ async function main(): Promise<void> {
     target: '—',
     met: undefined,
   });
+  const lookupRows: string[][] = [];
+  const lookupMedians = new Map<string, number>();
+  for (const n of [100, 10_000]) {
+    const t = new MachineTable();
+    t.replaceAll(
+      Array.from({ length: n }, (_, k) =>
+        machineRecord({
+          name: machineName(k + 1),
+          uidMap: [{ inner: 0, outer: (k + 2) * 65536, count: 65536 }],
+        }),
+      ),
+    );
+    const ids = Array.from({ length: 1024 }, (_, j) => ((j * 7919) % n) + 1);
+    for (const kind of ['uid', 'name'] as const) {
+      let j = 0;
+      const lookup =
+        kind === 'uid'
+          ? (): unknown => lookupUser(t, { id: ((ids[j++ & 1023] ?? 1) + 1) * 65536 + 1000 }, 'bench')
+          : (): unknown => lookupUser(t, { name: `vu-${machineName(ids[j++ & 1023] ?? 1)}-1000` }, 'bench');
+      lookup(); // builds the id index once
+      const kept = await quietRun(() => Promise.resolve(time(100_000, lookup)));
+      const s = spread(kept.result);
+      lookupMedians.set(`${kind} ${n}`, s.median);
+      lookupRows.push([`by ${kind}`, String(n), formatSpread(s, ' µs'), share(kept.foreignShare)]);
+    }
+  }
+  report.paragraph('userdb lookupUser (the function a GetUserRecord call runs), µs per lookup:');
+  report.table(['lookup', 'machines', 'µs per lookup', 'others'], lookupRows);
+  for (const kind of ['uid', 'name'] as const) {
+    const a = lookupMedians.get(`${kind} 100`) ?? NaN;
+    const b = lookupMedians.get(`${kind} 10000`) ?? NaN;
+    report.summary({
+      measurement: `userdb lookupUser by ${kind}, 10,000 vs 100 machines`,
+      ours: `${num(b)} µs`,
+      anchor: `100 machines: ${num(a)} µs`,
+      ratio: num(b / a, 2),
+      target: 'flat: ≤ 1.15×',
+      met: b / a <= 1.15,
+    });
+  }
   await report.write();
 }
 
