@@ -12,6 +12,7 @@ import { procHost, type HostReader } from '../src/registry-client/host.js';
 import { Registry, type RegistryOptions } from '../src/registry-client/sync.js';
 import type { RegistryView } from '../src/registry-client/view.js';
 import { PrivateBus } from './support/dbus.js';
+import { fakeMachine, type FakeMachine } from './support/fake-machined.js';
 import { FakeMachinedHandle } from './support/fake.js';
 
 /** Resolves when `pred(view)` holds (checked now and after every change). */
@@ -109,6 +110,33 @@ test('[test double] addresses that appear after registration are picked up withi
   t.deepEqual(addressesOf(r.view, 'slow'), ['192.0.2.20']);
 });
 
+test('[test double] a routable address that comes after the link-local one is found by the settle re-reads, not left to the refresh', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  // the refresh is a minute away: only the settle schedule can find the second address in time
+  const r = registry(fake.busAddress, { settleDelaysMs: [50, 100, 200, 400, 800] });
+  t.teardown(() => r.stop());
+  await r.start();
+  await fake.register('staged');
+  await fake.setAddresses('staged', ['fe80::1']); // the link is up: only its link-local address
+  await until(r.view, (v) => addressesOf(v, 'staged')?.length === 1, 2_000);
+  await fake.setAddresses('staged', ['192.0.2.60', 'fe80::1']); // then DHCP answers
+  await until(r.view, (v) => addressesOf(v, 'staged')?.[0] === '192.0.2.60', 3_000);
+  t.deepEqual(addressesOf(r.view, 'staged'), ['192.0.2.60', 'fe80::1']);
+});
+
+test('[test double] a machine registered while running is fetched through the object path of its signal, without GetMachine', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const r = registry(fake.busAddress);
+  t.teardown(() => r.stop());
+  await r.start();
+  await fake.stall('GetMachine', 20_000); // a GetMachine round trip would outlast the wait below
+  await fake.register('signalled');
+  await until(r.view, (v) => v.byName('signalled') !== undefined, 4_000);
+  t.pass();
+});
+
 test('[test double] address changes after the settle window show up within the refresh interval', async (t) => {
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());
@@ -122,6 +150,22 @@ test('[test double] address changes after the settle window show up within the r
   await until(r.view, (v) => addressesOf(v, 'm')?.[0] === '192.0.2.31', 2_000);
   t.true(Date.now() - changedAt < 1_000, 'within one refresh interval plus one round');
   t.deepEqual(addressesOf(r.view, 'm'), ['192.0.2.31', 'fd00::31']);
+});
+
+test('[test double] a refresh round reaches every machine within one interval, spread over it', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const names = ['r1', 'r2', 'r3', 'r4', 'r5'];
+  for (const n of names) await fake.register(n);
+  const r = registry(fake.busAddress, { refreshIntervalMs: 400, settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  for (const [i, n] of names.entries()) await fake.setAddresses(n, [`192.0.2.${70 + i}`]);
+  await until(r.view, (v) => names.every((n) => addressesOf(v, n)?.length === 1), 2_000);
+  t.deepEqual(
+    names.map((n) => addressesOf(r.view, n)?.[0]),
+    ['192.0.2.70', '192.0.2.71', '192.0.2.72', '192.0.2.73', '192.0.2.74'],
+  );
 });
 
 test('[test double] no private networking is recorded, not an error', async (t) => {
@@ -207,6 +251,71 @@ test('[test double] when a leader dies the machine stays registered without addr
   await until(r.view, (v) => v.byName('mortal')?.leaderAlive === false);
   t.deepEqual(addressesOf(r.view, 'mortal'), []);
   t.is(r.view.byName('mortal')?.addressError, 'leader gone');
+});
+
+test('[test double] registration order is the order of MachineNew, even when the first machine is fetched last', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const other = spawn('sleep', ['60'], { stdio: 'ignore' });
+  t.teardown(() => other.kill('SIGKILL'));
+  const slowLeader = process.pid;
+  const range = [{ inner: 0, outer: 655360, count: 65536 }];
+  const host: HostReader = {
+    ...procHost,
+    // the first machine's map takes longer to read than the second's: its record arrives last
+    readIdMap: async (pid) => {
+      if (pid === slowLeader) await new Promise((resolve) => setTimeout(resolve, 300));
+      return { kind: 'ok', ranges: range };
+    },
+    readAccounts: () =>
+      Promise.resolve({ kind: 'ok', accounts: [], source: 'leader-root', leaderRootProblem: undefined }),
+  };
+  const r = registry(fake.busAddress, { host, settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  await fake.register('testct', { leader: slowLeader });
+  await fake.register('twin', { leader: other.pid ?? 0 });
+  await until(r.view, (v) => names(v).length === 2, 3_000);
+  t.deepEqual(
+    r.view.all().map((m) => m.name),
+    ['testct', 'twin'],
+  );
+  t.is(r.view.ownerOfUid(656360)?.machine.name, 'testct');
+});
+
+test('[test double] a first sync orders machines by registration time, not by ListMachines order', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const machine = (name: string, timestamp: string): FakeMachine =>
+    fakeMachine(name, process.pid, { timestamp });
+  // listed (like machined's hashmap) in another order than they registered
+  await fake.seed([machine('twin', '2000000'), machine('none', '0'), machine('testct', '1000000')]);
+  const r = registry(fake.busAddress, { settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  t.deepEqual(
+    r.view.all().map((m) => m.name),
+    ['testct', 'twin', 'none'],
+  );
+});
+
+test('[test double] the leader check reaches every machine, also those after the first few hundred', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const leader = spawn('sleep', ['60'], { stdio: 'ignore' });
+  t.teardown(() => leader.kill('SIGKILL'));
+  const machine = (name: string, pid: number): FakeMachine => fakeMachine(name, pid, { timestamp: '0' });
+  const many = Array.from({ length: 600 }, (_, i) => machine(`m${i}`, process.pid));
+  await fake.seed([...many, machine('last', leader.pid ?? 0)]);
+  const r = registry(fake.busAddress, { leaderCheckIntervalMs: 50, settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  t.true(r.view.byName('last')?.leaderAlive);
+  const exited = once(leader, 'exit');
+  leader.kill('SIGKILL');
+  await exited;
+  await until(r.view, (v) => v.byName('last')?.leaderAlive === false);
+  t.true(r.view.byName('m599')?.leaderAlive, 'the others are untouched');
 });
 
 test('[test double] an unreadable uid_map means no owner, and is re-read later', async (t) => {

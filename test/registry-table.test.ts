@@ -171,6 +171,31 @@ test('id lookups stay one step among many non-overlapping machines', (t) => {
   t.is(table.ownerOfUid(65536 * (n + 1) + 1), undefined);
 });
 
+test('machines take their place by registration rank, whatever the order their records arrive in', (t) => {
+  const table = new MachineTable();
+  const range = [{ inner: 0, outer: 655360, count: 65536 }];
+  table.upsert(machineRecord({ name: 'known' })); // no rank: there before any ranked arrival
+  table.upsert(machineRecord({ name: 'twin', uidMap: range }), 3);
+  table.upsert(machineRecord({ name: 'late' }), 4);
+  table.upsert(machineRecord({ name: 'testct', uidMap: range }), 2); // registered before twin, fetched after
+  t.deepEqual(
+    table.all().map((m) => m.name),
+    ['known', 'testct', 'twin', 'late'],
+  );
+  t.is(table.ownerOfUid(656360)?.machine.name, 'testct', 'the first registered owner wins (reference §2.3)');
+  table.upsert(machineRecord({ name: 'testct', uidMap: range, service: 'changed' }), 99); // an update keeps its place
+  table.upsert(machineRecord({ name: 'unranked' }));
+  t.deepEqual(
+    table.all().map((m) => m.name),
+    ['known', 'testct', 'twin', 'late', 'unranked'],
+  );
+  table.remove('twin');
+  t.deepEqual(
+    table.all().map((m) => m.name),
+    ['known', 'testct', 'late', 'unranked'],
+  );
+});
+
 test('every change bumps the generation and is announced in order', (t) => {
   const table = new MachineTable();
   const seen: ViewChange['kind'][] = [];

@@ -16,6 +16,7 @@ import { AgentHandle, type DnsResult } from './support/agent.js';
 import { DaemonHandle } from './support/daemon.js';
 import { query } from './support/dns.js';
 import { FakeMachinedHandle } from './support/fake.js';
+import { fakeMachine } from './support/fake-machined.js';
 import { startUsernsLeader } from './support/leaders.js';
 import { LAB_MACHINES, MachinedLab } from './support/machined-lab.js';
 import { RawPeer } from './support/varlink.js';
@@ -39,19 +40,7 @@ async function world(
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());
   const leader = await startUsernsLeader(w, '0 300000 65536');
-  await fake.seed([
-    {
-      name: 'web',
-      id: '',
-      service: 'test',
-      class: 'container',
-      leader: leader.pid,
-      rootDirectory: '',
-      netif: [],
-      addresses: [[2, [192, 0, 2, 10]]],
-      timestamp: '1',
-    },
-  ]);
+  await fake.seed([fakeMachine('web', leader.pid, { addresses: [[2, [192, 0, 2, 10]]] })]);
   await prepare(w);
   return { w, fake };
 }

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { AgentHandle, type DnsResult } from './support/agent.js';
 import { DaemonHandle } from './support/daemon.js';
 import { FakeMachinedHandle } from './support/fake.js';
-import type { FakeMachine } from './support/fake-machined.js';
+import { fakeMachine, type FakeMachine } from './support/fake-machined.js';
 import { PrivateBus } from './support/dbus.js';
 import { startUsernsLeader } from './support/leaders.js';
 import { describeStats, Sampler, type Probe, type ProbeStats } from './support/sampler.js';
@@ -33,17 +33,7 @@ interface Setup {
 }
 
 function machine(name: string, leader: number, addresses: [number, number[]][]): FakeMachine {
-  return {
-    name,
-    id: '',
-    service: 'test',
-    class: 'container',
-    leader,
-    rootDirectory: '',
-    netif: [],
-    addresses,
-    timestamp: '1',
-  };
+  return fakeMachine(name, leader, { addresses });
 }
 
 /**

@@ -16,7 +16,7 @@ import { AgentHandle, type DnsResult, type TcpResult } from './support/agent.js'
 import { DaemonHandle } from './support/daemon.js';
 import { query, summarize } from './support/dns.js';
 import { FakeMachinedHandle } from './support/fake.js';
-import type { FakeMachine } from './support/fake-machined.js';
+import { fakeMachine } from './support/fake-machined.js';
 import { startUsernsLeader } from './support/leaders.js';
 import { describeStats, Sampler, type Probe, type ProbeStats } from './support/sampler.js';
 import { RawPeer } from './support/varlink.js';
@@ -60,20 +60,7 @@ interface Ctx {
 }
 const ctx = (t: ExecutionContext): Ctx => t.context as Ctx;
 
-function machine(name: string, leader: number, extra: Partial<FakeMachine> = {}): FakeMachine {
-  return {
-    name,
-    id: '',
-    service: 'test',
-    class: 'container',
-    leader,
-    rootDirectory: '',
-    netif: [],
-    addresses: [],
-    timestamp: '1',
-    ...extra,
-  };
-}
+const machine = fakeMachine;
 
 test.before(async (t) => {
   const world = await World.create();

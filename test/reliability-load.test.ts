@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { AgentHandle, type LoadQuery } from './support/agent.js';
 import { DaemonHandle } from './support/daemon.js';
 import { FakeMachinedHandle } from './support/fake.js';
-import type { FakeMachine } from './support/fake-machined.js';
+import { fakeMachine, type FakeMachine } from './support/fake-machined.js';
 import { startUsernsLeader } from './support/leaders.js';
 import { World } from './support/world.js';
 
@@ -40,20 +40,13 @@ const hasDnsperf = ((): boolean => {
 })();
 
 function machine(name: string, leader: number, n: number): FakeMachine {
-  return {
-    name,
-    id: '',
-    service: 'test',
-    class: 'container',
-    leader,
-    rootDirectory: '',
-    netif: [],
+  return fakeMachine(name, leader, {
     addresses: [
       [2, [192, 0, 2, n]],
       [10, [0xfd, 0x42, ...Array<number>(12).fill(0), n >> 8, n & 0xff]],
     ],
     timestamp: String(n),
-  };
+  });
 }
 
 const pad = (n: number): string => String(n).padStart(4, '0');

@@ -13,22 +13,11 @@ import { answer, type Reply } from '../src/resolver/answer.js';
 import { compileZone, type Zone } from '../src/resolver/zone.js';
 import { MachineTable } from '../src/registry-client/registry.js';
 import { machineRecord, type RecordSpec } from './support/records.js';
+import { prng } from './support/prng.js';
 import { query, RCODE, summarize, type QType } from './support/dns.js';
 import { startStub } from './support/stub.js';
 
 const SEED = 0x5eed1234;
-
-/** mulberry32: small, fast, and the same sequence on every run. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const machines: RecordSpec[] = [
   { name: 'alpha', addresses: ['192.0.2.10', 'fd42::10', 'fe80::10'] },

@@ -28,6 +28,7 @@ import { VarlinkServer } from '../varlink/server.js';
 import { ActivationError, inheritedSockets, type InheritedSocket } from './activation.js';
 import type { ServeConfig } from './config.js';
 import { controlInterface } from './control-service.js';
+import { limitHeapGrowth } from './heap.js';
 import { notify } from './notify.js';
 import { ResolvedRegistration } from './resolved.js';
 
@@ -65,6 +66,7 @@ export async function serve(
   config: ServeConfig,
   logger: Logger = createLogger(config.logLevel),
 ): Promise<number> {
+  limitHeapGrowth();
   let inherited: InheritedSocket[];
   try {
     inherited = inheritedSockets();

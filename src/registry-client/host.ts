@@ -9,8 +9,8 @@
  * root directory if there is one and it is readable, else only inner id 0 is enumerated.
  */
 import { execFile } from 'node:child_process';
-import { constants } from 'node:fs';
-import { lstat, open, readFile } from 'node:fs/promises';
+import { closeSync, constants, openSync, readSync, type Stats } from 'node:fs';
+import { lstat, open } from 'node:fs/promises';
 import { z } from 'zod';
 import { isLinkLocal, parseAddress } from './address.js';
 import { isValidUnixId, parseIdMap } from './idmap.js';
@@ -54,36 +54,75 @@ export interface HostReader {
 /** Files larger than this inside a container are not read (a hostile container cannot make us OOM). */
 const ACCOUNT_FILE_MAX = 4 * 1024 * 1024;
 
-export const procHost: HostReader = {
-  async readIdMap(pid, which) {
-    try {
-      const parsed = parseIdMap(await readFile(`/proc/${pid}/${which}_map`, 'utf8'));
-      return parsed.ok
-        ? { kind: 'ok', ranges: parsed.ranges }
-        : { kind: 'unreadable', reason: `malformed line ${parsed.line}` };
-    } catch (err) {
-      return { kind: 'unreadable', reason: errorCode(err) };
+/**
+ * Room for any /proc file read here: a uid_map has at most 340 lines of 33 bytes (user_namespaces(7)),
+ * a stat line is well under 1 KiB.
+ */
+const PROC_FILE_MAX = 64 * 1024;
+const procScratch = Buffer.allocUnsafe(PROC_FILE_MAX);
+
+/**
+ * Reads a file the kernel generates on read (/proc/PID/stat, uid_map, gid_map) synchronously into
+ * one reused buffer. Such files never wait for storage, so the event loop is not held up; the
+ * thread pool instead cost four round trips per file and a fresh 64 KiB buffer (they report size
+ * 0), which at 10,000 machines was most of the registry's CPU and memory churn (BENCHMARKS.md,
+ * bench:scale). Files inside a container (readAccounts) stay asynchronous: they may sit on any
+ * filesystem, FUSE or NFS included.
+ */
+export function readProcFile(
+  path: string,
+): { readonly ok: true; readonly text: string } | { readonly ok: false; readonly reason: string } {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (err) {
+    return { ok: false, reason: errorCode(err) };
+  }
+  try {
+    let length = 0;
+    for (;;) {
+      const n = readSync(fd, procScratch, length, PROC_FILE_MAX - length, null);
+      if (n === 0) return { ok: true, text: procScratch.toString('utf8', 0, length) };
+      length += n;
+      if (length === PROC_FILE_MAX) return { ok: false, reason: 'too large' };
     }
+  } catch (err) {
+    return { ok: false, reason: errorCode(err) }; // e.g. ESRCH: the process exited after the open
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export const procHost: HostReader = {
+  readIdMap(pid, which) {
+    const file = readProcFile(`/proc/${pid}/${which}_map`);
+    if (!file.ok) return Promise.resolve({ kind: 'unreadable', reason: file.reason });
+    const parsed = parseIdMap(file.text);
+    return Promise.resolve(
+      parsed.ok
+        ? { kind: 'ok', ranges: parsed.ranges }
+        : { kind: 'unreadable', reason: `malformed line ${parsed.line}` },
+    );
   },
 
-  async startTime(pid) {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
-    if (stat === undefined) return undefined;
+  startTime(pid) {
+    const file = readProcFile(`/proc/${pid}/stat`);
+    if (!file.ok) return Promise.resolve(undefined);
     // comm may contain spaces and parentheses: fields start after the last ')'
-    const value = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
-    return Number.isFinite(value) ? value : undefined;
+    const value = Number(file.text.slice(file.text.lastIndexOf(')') + 2).split(' ')[19]);
+    return Promise.resolve(Number.isFinite(value) ? value : undefined);
   },
 
   async readAccounts(pid, rootDirectory, which) {
     // The leader's view of its root first (what the container really sees), then the registered
     // root directory: /proc/PID/root needs ptrace access to the leader (CAP_SYS_PTRACE, or root).
-    const fromLeader = await readContainerFile(`/proc/${pid}/root`, which);
+    const fromLeader = await accountFiles.read(`/proc/${pid}/root`, which);
     if (fromLeader.kind === 'unreadable' && (fromLeader.reason === 'EACCES' || fromLeader.reason === 'EPERM'))
       fromLeader.reason += ": reading another process's root needs CAP_SYS_PTRACE";
     if (fromLeader.kind === 'ok')
       return {
         kind: 'ok',
-        accounts: parseAccounts(fromLeader.text),
+        accounts: fromLeader.accounts,
         source: 'leader-root',
         leaderRootProblem: undefined,
       };
@@ -92,11 +131,11 @@ export const procHost: HostReader = {
         kind: 'unreadable',
         reason: `/proc/${pid}/root: ${fromLeader.reason}; no root directory registered`,
       };
-    const fromRoot = await readContainerFile(rootDirectory.replace(/\/+$/, ''), which);
+    const fromRoot = await accountFiles.read(rootDirectory.replace(/\/+$/, ''), which);
     if (fromRoot.kind === 'ok')
       return {
         kind: 'ok',
-        accounts: parseAccounts(fromRoot.text),
+        accounts: fromRoot.accounts,
         source: 'root-directory',
         leaderRootProblem: fromLeader.reason,
       };
@@ -195,39 +234,77 @@ function runJson<T extends z.ZodType>(args: readonly string[], schema: T): Promi
   });
 }
 
+/** What one container file gave: its accounts, or why it could not be read. */
+type ContainerFileRead =
+  | { readonly kind: 'ok'; readonly accounts: InnerAccount[] }
+  | { readonly kind: 'unreadable'; reason: string };
+
 /**
- * `<root>/etc/<which>` of a container, read with care: its tree belongs to the container, whose root
+ * Reads `<root>/etc/<which>` of a container with care: its tree belongs to the container, whose root
  * may have put anything there. `etc` must be a real directory and the file a regular file of at most
  * ACCOUNT_FILE_MAX bytes, opened without following a symlink (an absolute link would be resolved in
  * OUR root — through /proc/PID/root too — and read a host file, or open a device) and without
  * blocking (opening a FIFO for reading waits for a writer for ever, and would hold one of libuv's
  * four threadpool threads, which every file read of the daemon shares).
+ *
+ * A file read before whose signature (lstat: the link itself, never its target) is unchanged is not
+ * read again: an unchanged file costs two `lstat`s instead of open, stat, read and close, which for
+ * every container on every refresh round was most of the registry's idle CPU at 10,000 machines
+ * (BENCHMARKS.md, bench:scale). A changed or replaced file (another inode: a new container behind a
+ * reused PID, or a symlink put in its place) is read again, with every check above. Bounded like the
+ * stub's answer cache: cleared when full.
  */
-async function readContainerFile(
-  root: string,
-  which: 'passwd' | 'group',
-): Promise<{ readonly kind: 'ok'; readonly text: string } | { readonly kind: 'unreadable'; reason: string }> {
-  let handle;
-  try {
-    const etc = await lstat(`${root}/etc`);
-    if (!etc.isDirectory()) return { kind: 'unreadable', reason: 'etc is not a directory' };
-    handle = await open(
-      `${root}/etc/${which}`,
-      constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY,
-    );
-    const st = await handle.stat();
-    if (!st.isFile()) return { kind: 'unreadable', reason: `etc/${which} is not a regular file` };
-    if (st.size > ACCOUNT_FILE_MAX) return { kind: 'unreadable', reason: `etc/${which} is too large` };
-    const text = await handle.readFile('utf8');
-    return text.length > ACCOUNT_FILE_MAX
-      ? { kind: 'unreadable', reason: `etc/${which} is too large` }
-      : { kind: 'ok', text };
-  } catch (err) {
-    // ELOOP: the file is a symlink (O_NOFOLLOW)
-    return { kind: 'unreadable', reason: errorCode(err) };
-  } finally {
-    await handle?.close();
+export class AccountFileCache {
+  private readonly entries = new Map<
+    string,
+    { readonly signature: string; readonly accounts: InnerAccount[] }
+  >();
+
+  constructor(private readonly limit = 65_536) {}
+
+  async read(root: string, which: 'passwd' | 'group'): Promise<ContainerFileRead> {
+    const path = `${root}/etc/${which}`;
+    const known = this.entries.get(path);
+    if (known !== undefined) {
+      const [etc, file] = await Promise.all([
+        lstat(`${root}/etc`).catch(() => undefined),
+        lstat(path).catch(() => undefined),
+      ]);
+      if (etc?.isDirectory() && file?.isFile() && fileSignature(file) === known.signature)
+        return { kind: 'ok', accounts: known.accounts };
+      this.entries.delete(path);
+    }
+    let handle;
+    try {
+      const etc = await lstat(`${root}/etc`);
+      if (!etc.isDirectory()) return { kind: 'unreadable', reason: 'etc is not a directory' };
+      handle = await open(
+        path,
+        constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY,
+      );
+      const st = await handle.stat();
+      if (!st.isFile()) return { kind: 'unreadable', reason: `etc/${which} is not a regular file` };
+      if (st.size > ACCOUNT_FILE_MAX) return { kind: 'unreadable', reason: `etc/${which} is too large` };
+      const text = await handle.readFile('utf8');
+      if (text.length > ACCOUNT_FILE_MAX) return { kind: 'unreadable', reason: `etc/${which} is too large` };
+      const accounts = parseAccounts(text);
+      if (this.entries.size >= this.limit) this.entries.clear();
+      this.entries.set(path, { signature: fileSignature(st), accounts });
+      return { kind: 'ok', accounts };
+    } catch (err) {
+      // ELOOP: the file is a symlink (O_NOFOLLOW)
+      return { kind: 'unreadable', reason: errorCode(err) };
+    } finally {
+      await handle?.close();
+    }
   }
+}
+
+const accountFiles = new AccountFileCache();
+
+/** What changes whenever a file's content may have: ctime cannot be set from user space. */
+function fileSignature(st: Stats): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
 }
 
 function errorCode(err: unknown): string {

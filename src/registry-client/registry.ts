@@ -77,6 +77,8 @@ export class MachineTable implements RegistryView {
   private uidIndex: RangeIndex | undefined;
   private gidIndex: RangeIndex | undefined;
   private ordered: readonly MachineRecord[] = [];
+  /** Arrival ranks given with `upsert` (the registry's MachineNew order); absent: arrived before all. */
+  private readonly ranks = new Map<string, number>();
   private readonly listeners = new Set<(change: ViewChange) => void>();
   private generationCounter = 0;
 
@@ -111,11 +113,16 @@ export class MachineTable implements RegistryView {
     return () => this.listeners.delete(listener);
   }
 
-  /** Adds or replaces a machine (keeping its registration position when it is already known). */
-  upsert(machine: MachineRecord): void {
+  /**
+   * Adds or replaces a machine, keeping its registration position when it is already known. A new
+   * machine goes after every machine of a lower `rank` (without one: after all), so machines take
+   * their places in the order they registered even when their records arrive in another order.
+   */
+  upsert(machine: MachineRecord, rank?: number): void {
     const previous = this.machines.get(machine.name);
     if (previous === machine) return;
     this.machines.set(machine.name, machine);
+    if (!previous && rank !== undefined) this.ranks.set(machine.name, rank);
     this.reindex(previous, machine);
     this.emit(previous ? { kind: 'updated', machine, previous } : { kind: 'added', machine });
   }
@@ -124,6 +131,7 @@ export class MachineTable implements RegistryView {
     const previous = this.machines.get(name);
     if (!previous) return undefined;
     this.machines.delete(name);
+    this.ranks.delete(name);
     this.reindex(previous, undefined);
     this.emit({ kind: 'removed', machine: previous });
     return previous;
@@ -132,6 +140,7 @@ export class MachineTable implements RegistryView {
   /** Replaces the whole table (resync) with one `reset` change instead of one per machine. */
   replaceAll(machines: readonly MachineRecord[]): void {
     this.machines.clear();
+    this.ranks.clear();
     for (const m of machines) this.machines.set(m.name, m);
     this.addressIndex.clear();
     for (const m of this.machines.values()) this.indexAddresses(m);
@@ -144,12 +153,23 @@ export class MachineTable implements RegistryView {
   private reindex(previous: MachineRecord | undefined, next: MachineRecord | undefined): void {
     if (previous) this.unindexAddresses(previous);
     if (next) this.indexAddresses(next);
-    this.ordered = [...this.machines.values()];
+    this.ordered = this.placed(previous, next);
     // Id indexes are rebuilt lazily: a change costs O(1) now, the next id lookup pays O(n log n) once.
     if (!previous || !next || previous.uidMap !== next.uidMap || previous.leaderAlive !== next.leaderAlive)
       this.uidIndex = undefined;
     if (!previous || !next || previous.gidMap !== next.gidMap || previous.leaderAlive !== next.leaderAlive)
       this.gidIndex = undefined;
+  }
+
+  /** The new order (a new array: callers may hold the old one). */
+  private placed(previous: MachineRecord | undefined, next: MachineRecord | undefined): MachineRecord[] {
+    if (previous && next) return this.ordered.map((m) => (m === previous ? next : m));
+    if (previous) return this.ordered.filter((m) => m !== previous);
+    if (!next) return [...this.ordered];
+    const rank = this.ranks.get(next.name);
+    const at =
+      rank === undefined ? -1 : this.ordered.findIndex((m) => (this.ranks.get(m.name) ?? -Infinity) > rank);
+    return at < 0 ? [...this.ordered, next] : [...this.ordered.slice(0, at), next, ...this.ordered.slice(at)];
   }
 
   private indexAddresses(machine: MachineRecord): void {

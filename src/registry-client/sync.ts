@@ -56,7 +56,7 @@ export interface RegistryOptions {
   readonly leaderCheckIntervalMs?: number;
   /** Deadline of each D-Bus call (GetMachineAddresses forks into the container). */
   readonly callTimeoutMs?: number;
-  /** Parallel D-Bus fetches during a resync and refresh round. */
+  /** Parallel D-Bus fetches and refreshes (a resync, a burst of MachineNew signals). */
   readonly concurrency?: number;
   readonly reconnectMinMs?: number;
   readonly reconnectMaxMs?: number;
@@ -91,6 +91,13 @@ const NAME_OWNER_RULE = matchRule({
   arg0: MACHINE1_NAME,
 });
 
+/**
+ * How long the leader check reads /proc (a few µs per leader) before it lets queries in: slices of
+ * 256 leaders held DNS answers for over a millisecond every 2 s at 1,000 machines and made the p99
+ * at 10,000 q/s 1.4–2.6 ms instead of 0.3–0.5 ms (BENCHMARKS.md, bench:dns).
+ */
+const LEADER_CHECK_SLICE_MS = 0.25;
+
 type Fetched = { readonly kind: 'found'; readonly record: MachineRecord } | { readonly kind: 'gone' };
 
 export class Registry {
@@ -106,6 +113,9 @@ export class Registry {
   private readonly refreshes = new Map<string, Promise<void>>();
   private readonly settleTimers = new Map<string, NodeJS.Timeout>();
   private readonly leaderStarts = new Map<string, number>();
+  /** Rank of each machine's MachineNew, for its place in registration order. */
+  private readonly arrivals = new Map<string, number>();
+  private arrivalCount = 0;
   private resync: ResyncState | undefined;
   /** Counts machine1 signals as they arrive: orders them against the fetches of a resync. */
   private signalSeq = 0;
@@ -114,6 +124,7 @@ export class Registry {
   private reconnectTimer: NodeJS.Timeout | undefined;
   private reconnectDelay: number;
   private refreshTimer: NodeJS.Timeout | undefined;
+  private refreshWake: (() => void) | undefined;
   private leaderTimer: NodeJS.Timeout | undefined;
   private lastSyncAt = 0;
   private lastSyncMs = 0;
@@ -170,7 +181,7 @@ export class Registry {
    */
   async start(): Promise<void> {
     void this.connect();
-    this.scheduleRefresh();
+    void this.refreshRounds();
     this.scheduleLeaderCheck();
     await this.firstSync.promise;
   }
@@ -179,6 +190,7 @@ export class Registry {
     this.stopped = true;
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.refreshTimer);
+    this.refreshWake?.();
     clearTimeout(this.leaderTimer);
     for (const t of this.settleTimers.values()) clearTimeout(t);
     this.settleTimers.clear();
@@ -276,17 +288,22 @@ export class Registry {
     const seq = ++this.signalSeq;
     if (event.kind === 'MachineRemoved') {
       // Applied at once, also during a resync: a removed machine is never served again.
+      this.arrivals.delete(event.name);
       this.forget(event.name);
       if (this.table.remove(event.name)) this.options.logger.info(`machine ${event.name} removed`);
       this.resync?.queue.push({ kind: 'removed', name: event.name });
       return;
     }
-    if (this.resync) this.resync.queue.push({ kind: 'new', name: event.name, seq });
-    else this.onMachineNew(event.name);
+    // Registration order is the order of these signals, not the order in which fetches finish
+    // (machined answers lookups with the first machine that owns an id, reference §2.3).
+    this.arrivals.set(event.name, ++this.arrivalCount);
+    if (this.resync) this.resync.queue.push({ kind: 'new', name: event.name, path: event.path, seq });
+    else this.onMachineNew(event.name, event.path);
   }
 
-  private onMachineNew(name: string): void {
-    void this.fetchAndApply(name).then(() => this.startSettling(name));
+  /** `path`: machined's object path from the signal, which saves the GetMachine round trip. */
+  private onMachineNew(name: string, path?: string): void {
+    void this.fetchAndApply(name, path).then(() => this.startSettling(name));
   }
 
   /** Drops everything pending for a name; results of fetches already running are discarded. */
@@ -323,7 +340,7 @@ export class Registry {
         // reflected in what the resync applied: fetching again would only repeat it. After
         // machined restarts, it announces every machine while we resync: this halves the calls.
         else if (event.kind === 'retry' || (state.fresh.get(event.name) ?? -1) < event.seq)
-          this.onMachineNew(event.name);
+          this.onMachineNew(event.name, event.path);
       }
       this.firstSync.resolve();
     }
@@ -351,7 +368,7 @@ export class Registry {
         // and try it again on its own.
         this.noteError(`machine ${l.name}: ${describe(err)}`);
         startedAt.delete(l.name);
-        state.queue.push({ kind: 'retry', name: l.name });
+        state.queue.push({ kind: 'retry', name: l.name, path: l.path });
         const known = this.table.byName(l.name);
         return known ? ({ kind: 'found', record: known } as const) : ({ kind: 'gone' } as const);
       });
@@ -384,7 +401,7 @@ export class Registry {
   // ---- fetching one machine ---------------------------------------------------------------------
 
   /** Fetches a machine and applies the result; concurrent requests for one name are coalesced. */
-  private fetchAndApply(name: string): Promise<void> {
+  private fetchAndApply(name: string, path?: string): Promise<void> {
     const running = this.fetches.get(name);
     if (running) {
       running.rerun = true; // the machine may have changed after the running fetch read it
@@ -397,7 +414,7 @@ export class Registry {
         const epoch = this.epochs.get(name) ?? 0;
         let result: Fetched;
         try {
-          result = await this.fetchMachine(name);
+          result = await this.fetchMachine(name, path);
         } catch (err) {
           this.noteError(`machine ${name}: ${describe(err)}`);
           return;
@@ -408,7 +425,8 @@ export class Registry {
         } else {
           const known = this.table.byName(name);
           if (!known) this.options.logger.info(`machine ${name} (${result.record.class}) registered`);
-          if (!known || !sameMachine(known, result.record)) this.table.upsert(result.record);
+          if (!known || !sameMachine(known, result.record))
+            this.table.upsert(result.record, this.arrivals.get(name));
         }
       } while (entry.rerun && !this.stopped);
     })().finally(() => this.fetches.delete(name));
@@ -437,6 +455,12 @@ export class Registry {
       this.options.logger.warn(`machine ${name} has unknown class "${props.Class}"; not served`);
       return { kind: 'gone' };
     }
+    // Independent reads overlap: link names (`ip link`, a process) with the leader's start time and
+    // everything withHostData asks machined and /proc.
+    const [networkInterfaces, leaderStart] = await Promise.all([
+      this.interfaceNames(props.NetworkInterfaces),
+      this.host.startTime(props.Leader),
+    ]);
     const base: MachineRecord = {
       name: props.Name,
       id: props.Id.toString('hex'),
@@ -445,7 +469,7 @@ export class Registry {
       unit: props.Unit,
       leader: props.Leader,
       rootDirectory: props.RootDirectory,
-      networkInterfaces: await this.interfaceNames(props.NetworkInterfaces),
+      networkInterfaces,
       state: parseState(props.State),
       timestamp: props.Timestamp,
       timestampMonotonic: props.TimestampMonotonic,
@@ -460,7 +484,6 @@ export class Registry {
       innerGroups: undefined,
       leaderAlive: true,
     };
-    const leaderStart = await this.host.startTime(props.Leader);
     const previousStart = this.leaderStarts.get(name);
     if (leaderStart !== undefined) this.leaderStarts.set(name, leaderStart);
     // What we read of the same leader before stands in for what cannot be read now.
@@ -480,33 +503,39 @@ export class Registry {
   /**
    * Adds addresses, maps and accounts to a record (everything that can change without a signal).
    * `known` is what was read before for the same leader: its maps and accounts stand in for any
-   * that cannot be read now.
+   * that cannot be read now. The addresses (machined) and the maps and accounts (/proc, the
+   * container's files) are read at the same time.
    */
   private async withHostData(
     record: MachineRecord,
     known: MachineRecord | undefined,
   ): Promise<MachineRecord> {
-    const addresses = await this.readAddresses(record);
+    const [addresses, ids] = await Promise.all([this.readAddresses(record), this.readIds(record, known)]);
+    return { ...record, ...addresses, ...ids };
+  }
+
+  private async readIds(
+    record: MachineRecord,
+    known: MachineRecord | undefined,
+  ): Promise<Pick<MachineRecord, 'uidMap' | 'gidMap' | 'innerUsers' | 'innerGroups'>> {
     let { uidMap, gidMap, innerUsers, innerGroups } = record;
     if (record.class === 'container' && record.leaderAlive) {
-      uidMap = this.mapOr(await this.host.readIdMap(record.leader, 'uid'), record.name, 'uid', known?.uidMap);
-      gidMap = this.mapOr(await this.host.readIdMap(record.leader, 'gid'), record.name, 'gid', known?.gidMap);
+      const [uid, gid] = await Promise.all([
+        this.host.readIdMap(record.leader, 'uid'),
+        this.host.readIdMap(record.leader, 'gid'),
+      ]);
+      uidMap = this.mapOr(uid, record.name, 'uid', known?.uidMap);
+      gidMap = this.mapOr(gid, record.name, 'gid', known?.gidMap);
       if (hasPrivateUserNamespace(uidMap) || hasPrivateUserNamespace(gidMap)) {
-        innerUsers = this.accountsOr(
-          await this.host.readAccounts(record.leader, record.rootDirectory, 'passwd'),
-          record,
-          'passwd',
-          known?.innerUsers,
-        );
-        innerGroups = this.accountsOr(
-          await this.host.readAccounts(record.leader, record.rootDirectory, 'group'),
-          record,
-          'group',
-          known?.innerGroups,
-        );
+        const [passwd, group] = await Promise.all([
+          this.host.readAccounts(record.leader, record.rootDirectory, 'passwd'),
+          this.host.readAccounts(record.leader, record.rootDirectory, 'group'),
+        ]);
+        innerUsers = this.accountsOr(passwd, record, 'passwd', known?.innerUsers);
+        innerGroups = this.accountsOr(group, record, 'group', known?.innerGroups);
       }
     }
-    return { ...record, ...addresses, uidMap, gidMap, innerUsers, innerGroups };
+    return { uidMap, gidMap, innerUsers, innerGroups };
   }
 
   /** A map just read, else the one known before (with a warning once per machine, map and reason). */
@@ -689,20 +718,45 @@ export class Registry {
     );
   }
 
-  private scheduleRefresh(): void {
-    if (this.stopped) return;
-    this.refreshTimer = setTimeout(() => {
-      void this.refreshRound().finally(() => this.scheduleRefresh());
-    }, this.opts.refreshIntervalMs);
+  /**
+   * Every round reconciles with ListMachines, then refreshes every machine once, one after the
+   * other, spread evenly over the interval. The daemon serves meanwhile: a round done at once (16 at
+   * a time) came as a burst of work and garbage whose scavenges and batched replies held DNS answers
+   * for milliseconds at 1,000 machines (BENCHMARKS.md, bench:dns). A round that needs longer than
+   * the interval (tens of thousands of machines) simply runs without pauses, and the next one starts
+   * when it ends.
+   */
+  private async refreshRounds(): Promise<void> {
+    const interval = this.opts.refreshIntervalMs;
+    await this.pauseUntil(Date.now() + interval);
+    while (!this.stopped) {
+      const began = Date.now();
+      await this.reconcile();
+      const names = this.table
+        .all()
+        .filter((m) => m.class !== 'host')
+        .map((m) => m.name);
+      const gap = interval / Math.max(1, names.length);
+      for (const [i, name] of names.entries()) {
+        await this.pauseUntil(began + i * gap);
+        if (this.stopped) return;
+        await this.refresh(name);
+      }
+      await this.pauseUntil(began + interval);
+    }
   }
 
-  private async refreshRound(): Promise<void> {
-    await this.reconcile();
-    const names = this.table
-      .all()
-      .filter((m) => m.class !== 'host')
-      .map((m) => m.name);
-    await mapLimit(names, this.opts.concurrency, (n) => this.refresh(n));
+  /** Resolves at `time` (Date.now() clock), or at once when it has passed or the registry stops. */
+  private pauseUntil(time: number): Promise<void> {
+    const wait = time - Date.now();
+    if (wait <= 0 || this.stopped) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.refreshWake = resolve;
+      this.refreshTimer = setTimeout(() => {
+        this.refreshWake = undefined;
+        resolve();
+      }, wait);
+    });
   }
 
   /**
@@ -746,8 +800,14 @@ export class Registry {
     if (this.stopped) return;
     this.leaderTimer = setTimeout(() => {
       void (async () => {
+        let slice = performance.now();
         for (const m of this.table.all()) {
           if (m.class === 'host' || !m.leaderAlive) continue;
+          // procHost reads /proc synchronously: let queries in between, whatever the machine count.
+          if (performance.now() - slice > LEADER_CHECK_SLICE_MS) {
+            await new Promise<void>((resolve) => setImmediate(resolve));
+            slice = performance.now();
+          }
           const st = await this.host.startTime(m.leader);
           const expected = this.leaderStarts.get(m.name);
           if (st !== undefined && (expected === undefined || st === expected)) continue;
@@ -778,9 +838,9 @@ export class Registry {
 /** Signals held back while a resync runs, replayed in order after it. */
 type HeldEvent =
   | { readonly kind: 'removed'; readonly name: string }
-  | { readonly kind: 'new'; readonly name: string; readonly seq: number }
+  | { readonly kind: 'new'; readonly name: string; readonly path: string; readonly seq: number }
   /** The resync could not fetch this machine: fetch it on its own. */
-  | { readonly kind: 'retry'; readonly name: string };
+  | { readonly kind: 'retry'; readonly name: string; readonly path: string };
 
 interface ResyncState {
   readonly queue: HeldEvent[];
@@ -789,9 +849,14 @@ interface ResyncState {
   readonly fresh: Map<string, number>;
 }
 
-/** Registration order: machined's Timestamp (CLOCK_REALTIME µs), then name for equal ones. */
+/**
+ * Registration order: machined's Timestamp (CLOCK_REALTIME µs), then name for equal ones; machines
+ * without a timestamp (0: unknown) after all others.
+ */
 function byRegistration(a: MachineRecord, b: MachineRecord): number {
-  if (a.timestamp !== b.timestamp) return a.timestamp < b.timestamp ? -1 : 1;
+  const x = a.timestamp === 0n ? Infinity : a.timestamp;
+  const y = b.timestamp === 0n ? Infinity : b.timestamp;
+  if (x !== y) return x < y ? -1 : 1;
   return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
 }
 
@@ -850,10 +915,16 @@ function hasPrivateUserNamespace(map: readonly IdRange[] | undefined): boolean {
   return (map ?? []).some((r) => r.outer !== 0);
 }
 
-/** Still settling: a live machine without addresses, or a container whose user namespace is not mapped yet. */
+/**
+ * Still settling: a live machine without a routable address, or a container whose user namespace is
+ * not mapped yet. A link-local address alone does not end it: a container's link has one as soon as
+ * it is up, and its routable addresses (DHCP, networkd) come later; stopping at the link-local one
+ * left them to the refresh, 10 s later (BENCHMARKS.md, bench:propagation). A machine that only ever
+ * has link-local addresses costs the bounded schedule, no more.
+ */
 function needsSettling(m: MachineRecord): boolean {
   if (!m.leaderAlive || m.class === 'host') return false;
-  const noAddresses = m.addresses.length === 0 && m.addressError === undefined;
+  const noAddresses = m.addresses.every((a) => a.linkLocal) && m.addressError === undefined;
   const unmapped = m.class === 'container' && (m.uidMap === undefined || m.uidMap.length === 0);
   return noAddresses || unmapped;
 }

@@ -31,7 +31,7 @@ import { DnsError } from './errors.js';
 import { Forwarder, literalLookup4, literalLookup6 } from './forward.js';
 import { ClientFilter } from './nets.js';
 import { TcpConnection, type QueryHandler } from './tcp.js';
-import { compileZone, type Zone } from './zone.js';
+import { ZoneCompiler, type Zone } from './zone.js';
 
 export interface BoundListener {
   readonly transport: 'udp' | 'tcp';
@@ -70,6 +70,7 @@ export class DnsServer {
   private readonly logger: Logger;
   private readonly debug: boolean;
   private readonly clients: ClientFilter;
+  private readonly compiler: ZoneCompiler;
   private zone: Zone;
   private forwarder: Forwarder | undefined;
   private state: State = 'new';
@@ -92,6 +93,13 @@ export class DnsServer {
     this.logger = options.logger;
     this.debug = options.logger.enabled('debug');
     this.clients = new ClientFilter(this.config.allowNets);
+    this.compiler = new ZoneCompiler({
+      domain: this.config.domain,
+      ttl: this.config.ttl,
+      includeLinkLocal: this.config.includeLinkLocal,
+      excludeNets: this.config.excludeNets,
+      forwarding: this.config.forwardSpecs.length > 0,
+    });
     this.zone = this.compile();
     this.tcpHandler = (query) => this.answerTcp(query);
   }
@@ -132,8 +140,8 @@ export class DnsServer {
     this.unsubscribe = this.view.onChange(() => {
       this.scheduleRebuild();
     });
-    this.zone = this.compile();
     this.state = 'running';
+    this.currentZone(); // machines that came or went while binding
     for (const l of this.bound) {
       this.logger.info(
         `dns: listening on ${l.transport} ${formatHostPort(l.address, l.port)}${l.inherited ? ' (inherited)' : ''}`,
@@ -151,13 +159,7 @@ export class DnsServer {
   // ---- zone ---------------------------------------------------------------------------------
 
   private compile(): Zone {
-    const zone = compileZone(this.view, {
-      domain: this.config.domain,
-      ttl: this.config.ttl,
-      includeLinkLocal: this.config.includeLinkLocal,
-      excludeNets: this.config.excludeNets,
-      forwarding: this.config.forwardSpecs.length > 0,
-    });
+    const zone = this.compiler.compile(this.view);
     // Warn once per collision (and per unservable name) for as long as it lasts.
     const current = new Set<string>();
     for (const c of zone.collisions) {

@@ -31,6 +31,8 @@ export interface ServedMachine {
   readonly name: string;
   /** The name's wire labels without the root label, case kept: the exact-case rule compares these. */
   readonly labels: Buffer;
+  /** How many labels the machine name has (`my.ct`: 2). */
+  readonly labelCount: number;
   readonly a: readonly RdataRecord[];
   readonly aaaa: readonly RdataRecord[];
   /** A and AAAA in the view's (machined's) order, for ANY. */
@@ -84,85 +86,166 @@ export interface Zone {
    * (a new zone) invalidates it as a whole.
    */
   readonly answers: Map<string, Buffer>;
+  /** How many answers `answers` may hold before it is cleared (`answerCacheLimit`). */
+  readonly answerLimit: number;
+}
+
+/** The smallest answer cache, whatever the zone. */
+export const ANSWER_CACHE_MIN = 8192;
+
+/**
+ * Room for the answers of every name twice over (A and AAAA, with and without EDNS, are the usual
+ * questions), never less than ANSWER_CACHE_MIN; cleared when full, so random names cannot grow it
+ * beyond this. A fixed 8192 made most questions miss at 10,000 machines (40,000 names): a miss
+ * costs 2.5 µs more than a hit and churns memory (BENCHMARKS.md, bench:scale).
+ */
+export function answerCacheLimit(names: number): number {
+  return Math.max(ANSWER_CACHE_MIN, 2 * names);
 }
 
 const APEX: ZoneNode = { kind: 'apex' };
 const EMPTY: ZoneNode = { kind: 'empty' };
 
-export function compileZone(view: RegistryView, policy: ZonePolicy): Zone {
-  const domainWire = encodeName(policy.domain);
-  if (!domainWire) throw new RangeError(`domain ${policy.domain} is not a valid DNS name`);
-  const domainLabels = countLabels(domainWire);
-  const apexKey = nameKey(domainWire);
+/**
+ * A machine as far as it can be prepared alone: its served form and every key it occupies. Records
+ * are immutable snapshots, so this is computed once per record and reused by every later zone.
+ */
+interface PreparedMachine {
+  readonly served: ServedMachine | undefined;
+  readonly skipped: SkippedMachine['reason'] | undefined;
+  readonly fqdnKey: string;
+  /** The bare single-label form, unless the name has several labels or is the apex itself. */
+  readonly bareKey: string | undefined;
+  /** Reverse names of the served addresses, in the order of `served.any`. */
+  readonly reverseKeys: readonly string[];
+}
 
-  const machineNodes = new Map<string, { inDomain: boolean; machines: ServedMachine[] }>();
-  const reverseNodes = new Map<string, ServedMachine[]>();
-  const skipped: SkippedMachine[] = [];
+/**
+ * Compiles zones for one policy. Every view change makes a new zone; preparing each machine (names,
+ * RDATA, reverse names) is the bulk of that work, so it is kept per record in a WeakMap and only
+ * machines that changed are prepared again. A zone of 10,000 machines took 119 ms to compile from
+ * scratch, and each registration paid it with the event loop blocked (BENCHMARKS.md, bench:scale).
+ */
+export class ZoneCompiler {
+  private readonly domainWire: Buffer;
+  private readonly domainLabels: number;
+  private readonly apexKey: string;
+  private readonly prepared = new WeakMap<MachineRecord, PreparedMachine>();
 
-  for (const record of view.all()) {
-    // The `.host` pseudo machine is the host itself, never a name we serve (nss-mymachines refuses it too).
-    if (record.class === 'host') continue;
+  constructor(readonly policy: ZonePolicy) {
+    const domainWire = encodeName(policy.domain);
+    if (!domainWire) throw new RangeError(`domain ${policy.domain} is not a valid DNS name`);
+    this.domainWire = domainWire;
+    this.domainLabels = countLabels(domainWire);
+    this.apexKey = nameKey(domainWire);
+  }
+
+  compile(view: RegistryView): Zone {
+    const machineNodes = new Map<string, { inDomain: boolean; machines: ServedMachine[] }>();
+    const reverseNodes = new Map<string, ServedMachine[]>();
+    const skipped: SkippedMachine[] = [];
+
+    for (const record of view.all()) {
+      // The `.host` pseudo machine is the host itself, never a name we serve (nss-mymachines refuses it too).
+      if (record.class === 'host') continue;
+      let p = this.prepared.get(record);
+      if (p === undefined) {
+        p = this.prepare(record);
+        this.prepared.set(record, p);
+      }
+      const served = p.served;
+      if (served === undefined) {
+        skipped.push({ name: record.name, reason: p.skipped ?? 'name-not-encodable' });
+        continue;
+      }
+      addTo(machineNodes, p.fqdnKey, true, served);
+      if (p.bareKey !== undefined) addTo(machineNodes, p.bareKey, false, served);
+      for (const key of p.reverseKeys) {
+        const list = reverseNodes.get(key);
+        if (!list) reverseNodes.set(key, [served]);
+        else if (!list.includes(served)) list.push(served);
+      }
+    }
+
+    const apexKey = this.apexKey;
+    const nodes = new Map<string, ZoneNode>();
+    nodes.set(apexKey, APEX);
+    const collisions: Collision[] = [];
+    for (const [key, node] of machineNodes) {
+      nodes.set(key, { kind: 'machine', inDomain: node.inDomain, machines: node.machines });
+      if (node.inDomain && node.machines.length > 1) {
+        collisions.push({
+          key: nameText(Buffer.from(key, 'latin1')).slice(0, -1),
+          names: node.machines.map((m) => m.name),
+        });
+      }
+    }
+    for (const [key, machines] of reverseNodes) nodes.set(key, { kind: 'reverse', machines });
+    // Empty non-terminals between dotted machine names and the apex.
+    for (const [key, node] of machineNodes) {
+      if (!node.inDomain || node.machines[0]?.labelCount === 1) continue;
+      let ancestor = Buffer.from(key, 'latin1');
+      for (;;) {
+        ancestor = ancestor.subarray((ancestor[0] ?? 0) + 1);
+        const ancestorKey = ancestor.toString('latin1');
+        if (ancestorKey === apexKey || nodes.has(ancestorKey)) break;
+        nodes.set(ancestorKey, EMPTY);
+      }
+    }
+
+    return {
+      generation: view.generation,
+      policy: this.policy,
+      domainWire: Buffer.from(apexKey, 'latin1'),
+      domainLabels: this.domainLabels,
+      serial: view.generation >>> 0,
+      nodes,
+      collisions,
+      skipped,
+      answers: new Map(),
+      answerLimit: answerCacheLimit(nodes.size),
+    };
+  }
+
+  private prepare(record: MachineRecord): PreparedMachine {
     const wire = encodeName(record.name);
-    if (!wire || wire.length === 1) {
-      skipped.push({ name: record.name, reason: 'name-not-encodable' });
-      continue;
-    }
+    if (!wire || wire.length === 1)
+      return {
+        served: undefined,
+        skipped: 'name-not-encodable',
+        fqdnKey: '',
+        bareKey: undefined,
+        reverseKeys: [],
+      };
     const labels = wire.subarray(0, wire.length - 1);
-    const fqdn = Buffer.concat([labels, domainWire]);
-    if (fqdn.length > MAX_NAME_WIRE) {
-      skipped.push({ name: record.name, reason: 'name-too-long' });
-      continue;
-    }
-    const served = serveMachine(record, labels, fqdn, policy);
-    addTo(machineNodes, nameKey(fqdn), true, served);
+    const fqdn = Buffer.concat([labels, this.domainWire]);
+    if (fqdn.length > MAX_NAME_WIRE)
+      return {
+        served: undefined,
+        skipped: 'name-too-long',
+        fqdnKey: '',
+        bareKey: undefined,
+        reverseKeys: [],
+      };
+    const served = serveMachine(record, labels, countLabels(wire), fqdn, this.policy);
     // The bare form: single labels only (a dotted name would claim a subtree outside our domain),
     // and never the apex itself when the domain is a single label.
     const bareKey = nameKey(wire);
-    if (countLabels(wire) === 1 && bareKey !== apexKey) addTo(machineNodes, bareKey, false, served);
-    for (const rdata of served.any) {
-      const key = nameKey(encodeName(reverseName(rdata.rdata)) ?? Buffer.from([0]));
-      const list = reverseNodes.get(key);
-      if (!list) reverseNodes.set(key, [served]);
-      else if (!list.includes(served)) list.push(served);
-    }
+    return {
+      served,
+      skipped: undefined,
+      fqdnKey: nameKey(fqdn),
+      bareKey: served.labelCount === 1 && bareKey !== this.apexKey ? bareKey : undefined,
+      reverseKeys: served.any.map((rdata) =>
+        nameKey(encodeName(reverseName(rdata.rdata)) ?? Buffer.from([0])),
+      ),
+    };
   }
+}
 
-  const nodes = new Map<string, ZoneNode>();
-  nodes.set(apexKey, APEX);
-  const collisions: Collision[] = [];
-  for (const [key, node] of machineNodes) {
-    nodes.set(key, { kind: 'machine', inDomain: node.inDomain, machines: node.machines });
-    if (node.inDomain && node.machines.length > 1) {
-      collisions.push({
-        key: nameText(Buffer.from(key, 'latin1')).slice(0, -1),
-        names: node.machines.map((m) => m.name),
-      });
-    }
-  }
-  for (const [key, machines] of reverseNodes) nodes.set(key, { kind: 'reverse', machines });
-  // Empty non-terminals between dotted machine names and the apex.
-  for (const [key, node] of machineNodes) {
-    if (!node.inDomain) continue;
-    let ancestor = Buffer.from(key, 'latin1');
-    for (;;) {
-      ancestor = ancestor.subarray((ancestor[0] ?? 0) + 1);
-      const ancestorKey = ancestor.toString('latin1');
-      if (ancestorKey === apexKey || nodes.has(ancestorKey)) break;
-      nodes.set(ancestorKey, EMPTY);
-    }
-  }
-
-  return {
-    generation: view.generation,
-    policy,
-    domainWire: Buffer.from(apexKey, 'latin1'),
-    domainLabels,
-    serial: view.generation >>> 0,
-    nodes,
-    collisions,
-    skipped,
-    answers: new Map(),
-  };
+/** One zone from scratch (tests, one-off use); the DNS server keeps a ZoneCompiler instead. */
+export function compileZone(view: RegistryView, policy: ZonePolicy): Zone {
+  return new ZoneCompiler(policy).compile(view);
 }
 
 function addTo(
@@ -190,6 +273,7 @@ function countLabels(wire: Buffer): number {
 function serveMachine(
   record: MachineRecord,
   labels: Buffer,
+  labelCount: number,
   fqdn: Buffer,
   policy: ZonePolicy,
 ): ServedMachine {
@@ -209,5 +293,5 @@ function serveMachine(
     (expected === 4 ? a : aaaa).push(rr);
     any.push(rr);
   }
-  return { name: record.name, labels, a, aaaa, any, ptr: { type: Type.PTR, rdata: fqdn } };
+  return { name: record.name, labels, labelCount, a, aaaa, any, ptr: { type: Type.PTR, rdata: fqdn } };
 }

@@ -39,20 +39,31 @@ export class DaemonHandle {
    * Starts `mymachinesd serve ARGS…` in the World and waits for `ready` (or its exit). `prefix` is a
    * command that execs the daemon in the end (the socket activator, setpriv), keeping its PID.
    */
-  static async start(
+  static start(
     world: World,
     args: readonly string[],
     env: NodeJS.ProcessEnv = {},
     opts: { prefix?: readonly string[] } = {},
   ): Promise<DaemonHandle> {
-    const [cmd = process.execPath, ...rest] = [
-      ...(opts.prefix ?? []),
-      process.execPath,
-      BIN,
-      'serve',
-      ...args,
-    ];
-    const daemon = await DaemonHandle.launch(world, cmd, rest, env);
+    return DaemonHandle.startCommand(
+      world,
+      [...(opts.prefix ?? []), process.execPath, BIN, 'serve', ...args],
+      env,
+    );
+  }
+
+  /**
+   * Starts any command that logs like the daemon (a wrapper such as `taskset -c 0 node BIN serve …`,
+   * or a benchmark's entry point) and waits for `ready` (or its exit).
+   */
+  static async startCommand(
+    world: World,
+    command: readonly string[],
+    env: NodeJS.ProcessEnv = {},
+  ): Promise<DaemonHandle> {
+    const [cmd, ...args] = command;
+    if (cmd === undefined) throw new Error('no command');
+    const daemon = await DaemonHandle.launch(world, cmd, args, env);
     await daemon.ready();
     return daemon;
   }

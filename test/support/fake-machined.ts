@@ -32,6 +32,25 @@ export interface FakeMachine {
   timestamp: string;
 }
 
+/**
+ * A FakeMachine: a container of service `test`, no root directory, no network interfaces, no
+ * addresses, registered at Timestamp 1 µs; `extra` overrides any of it.
+ */
+export function fakeMachine(name: string, leader: number, extra: Partial<FakeMachine> = {}): FakeMachine {
+  return {
+    name,
+    id: '',
+    service: 'test',
+    class: 'container',
+    leader,
+    rootDirectory: '',
+    netif: [],
+    addresses: [],
+    timestamp: '1',
+    ...extra,
+  };
+}
+
 class Fail extends Error {
   constructor(
     readonly dbusName: string,
@@ -43,6 +62,8 @@ class Fail extends Error {
 
 export class FakeMachined {
   readonly machines = new Map<string, FakeMachine>();
+  /** Object path → machine: property calls find their machine without a scan (10,000 machines in benchmarks). */
+  private readonly byPath = new Map<string, FakeMachine>();
   private stallMs = 0;
   private readonly stallByMember = new Map<string, number>();
   private hang = false;
@@ -55,8 +76,10 @@ export class FakeMachined {
   async start(): Promise<void> {
     if (this.stateFile) {
       try {
-        for (const m of JSON.parse(readFileSync(this.stateFile, 'utf8')) as FakeMachine[])
+        for (const m of JSON.parse(readFileSync(this.stateFile, 'utf8')) as FakeMachine[]) {
           this.machines.set(m.name, m);
+          this.byPath.set(machineObjectPath(m.name), m);
+        }
       } catch {
         // no state yet
       }
@@ -98,7 +121,7 @@ export class FakeMachined {
     const body = msg.body as unknown[];
     const str = (i: number): string => String(body[i]);
     if (msg.interface === PROPS && (msg.member === 'GetAll' || msg.member === 'Get')) {
-      const m = [...this.machines.values()].find((x) => machineObjectPath(x.name) === msg.path);
+      const m = this.byPath.get(msg.path);
       if (!m) throw new Fail('org.freedesktop.DBus.Error.UnknownObject', `Unknown object '${msg.path}'.`);
       const props = machineProperties(m);
       if (msg.member === 'GetAll') return ['a{sv}', [props]];
@@ -189,14 +212,13 @@ export class FakeMachined {
       }
       case 'SeedQuietly': {
         // registration whose MachineNew signal is lost (never sent)
-        for (const m of JSON.parse(String(body[0])) as FakeMachine[]) this.machines.set(m.name, m);
+        for (const m of JSON.parse(String(body[0])) as FakeMachine[]) this.add(m, false, false);
         this.save();
         return ['', []];
       }
       case 'DropQuietly':
         // removal whose MachineRemoved signal is lost (never sent)
-        this.machines.delete(this.get(String(body[0])).name);
-        this.save();
+        this.remove(this.get(String(body[0])).name, false);
         return ['', []];
       case 'SetStall':
         this.stallMs = Number(body[0]);
@@ -218,16 +240,20 @@ export class FakeMachined {
     return m;
   }
 
-  private add(m: FakeMachine, save = true): void {
+  /** `announce`: false for a registration whose MachineNew is lost. */
+  private add(m: FakeMachine, save = true, announce = true): void {
     this.machines.set(m.name, m);
+    this.byPath.set(machineObjectPath(m.name), m);
     if (save) this.save();
-    this.signal('MachineNew', m.name);
+    if (announce) this.signal('MachineNew', m.name);
   }
 
-  private remove(name: string): void {
+  /** `announce`: false for a removal whose MachineRemoved is lost. */
+  private remove(name: string, announce = true): void {
     this.machines.delete(name);
+    this.byPath.delete(machineObjectPath(name));
     this.save();
-    this.signal('MachineRemoved', name);
+    if (announce) this.signal('MachineRemoved', name);
   }
 
   private signal(member: string, name: string): void {

@@ -1,0 +1,50 @@
+/**
+ * The synthetic HostReader of bench:scale (BENCH ONLY): leaders at or above SYNTHETIC_LEADER_BASE
+ * (above any pid_max, so never a real process) stand for containers with a user namespace. Machine
+ * i = leader - base gets uid_map and gid_map `0 (i+2)*65536 65536`, each given after the same /proc
+ * read for the daemon's own pid (stat, uid_map, gid_map), whose content is discarded, so that the
+ * cost of the real reads stays. Accounts are real: /proc/PID/root does not exist for a synthetic
+ * leader, so the registry reads the machine's registered RootDirectory, where bench:scale writes
+ * an etc/passwd and etc/group per machine (`writeMachineRoots`). Anything else is the real procHost.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { procHost, type HostReader } from '../../src/registry-client/host.js';
+import type { IdRange } from '../../src/registry-client/view.js';
+
+export const SYNTHETIC_LEADER_BASE = 5_000_000;
+const SHIFT = 65536;
+
+/** The uid_map/gid_map a synthetic leader gets: machine i owns host ids (i+2)·65536 … +65535. */
+export function syntheticRange(leader: number): IdRange {
+  return { inner: 0, outer: (leader - SYNTHETIC_LEADER_BASE + 2) * SHIFT, count: SHIFT };
+}
+
+const synthetic = (pid: number): boolean => pid >= SYNTHETIC_LEADER_BASE;
+
+export const syntheticHost: HostReader = {
+  async readIdMap(pid, which) {
+    const real = await procHost.readIdMap(synthetic(pid) ? process.pid : pid, which);
+    return synthetic(pid) ? { kind: 'ok', ranges: [syntheticRange(pid)] } : real;
+  },
+  async startTime(pid) {
+    const real = await procHost.startTime(synthetic(pid) ? process.pid : pid);
+    return synthetic(pid) ? 1 : real;
+  },
+  readAccounts: (pid, rootDirectory, which) => procHost.readAccounts(pid, rootDirectory, which),
+  links: () => procHost.links(),
+  neighbours: (ifindexes) => procHost.neighbours(ifindexes),
+};
+
+/** Writes ROOT/NAME/etc/passwd and etc/group (root 0, bench 1000) for each machine name. */
+export async function writeMachineRoots(root: string, names: readonly string[]): Promise<void> {
+  for (const name of names) {
+    const etc = join(root, name, 'etc');
+    await mkdir(etc, { recursive: true });
+    await writeFile(
+      join(etc, 'passwd'),
+      'root:x:0:0:root:/root:/bin/sh\nbench:x:1000:1000::/home/bench:/bin/sh\n',
+    );
+    await writeFile(join(etc, 'group'), 'root:x:0:\nbench:x:1000:\n');
+  }
+}

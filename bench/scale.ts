@@ -1,0 +1,384 @@
+/**
+ * bench:scale — 100, 1,000 and 10,000 machines registered in FakeMachined (the TEST DOUBLE of
+ * machined) before the daemon starts: time to the first sync (`ready`), memory, DNS q/s and userdb
+ * lookup latency at each size. Lookups must cost the same whatever the number of machines.
+ *
+ *   npm run bench:scale      (as root; knobs: BENCH_SIZES=100,1000,10000, BENCH_RUNS, BENCH_SECONDS)
+ *
+ * The daemon here is the BENCH-ONLY entry bench/processes/scale-daemon.ts: the daemon's own parts
+ * (Registry, userdb, DNS stub) wired as `serve` wires them, with a synthetic source of uid/gid maps
+ * (bench/harness/synthetic-host.ts) because 10,000 real user namespaces are too heavy; the /proc
+ * reads themselves still happen. One World per size; the daemon is pinned to CPU 0, dnsperf and the
+ * userdb load generator to CPU 1.
+ *
+ * Anchors measured in the same run: for the first sync, a bare D-Bus client doing the same calls
+ * as the registry (ListMachines, then GetAll and GetMachineAddresses per machine, 16 at a time) and
+ * nothing else; for memory and lookups, the smallest size.
+ */
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { BusConnection } from '../src/registry-client/bus.js';
+import { Machine1Client } from '../src/registry-client/machine1.js';
+import { mapLimit } from '../src/registry-client/sync.js';
+import { FakeMachinedHandle } from '../test/support/fake.js';
+import { World } from '../test/support/world.js';
+import { dnsperf } from './harness/dnsperf.js';
+import { fakeMachines, machineName, prng, queryLines } from './harness/fixture.js';
+import { describeMachine, REPO, requirePrograms } from './harness/machine.js';
+import { cpuSince, cpuTime, foreignCpu, memory, type Memory } from './harness/processes.js';
+import { quietRun, share, untilQuiet } from './harness/quiet.js';
+import { BenchReport } from './harness/report.js';
+import { startDaemon, type DnsUnderTest } from './harness/servers.js';
+import { formatSpread, latencySummary, num, spread, type Spread } from './harness/stats.js';
+import { SYNTHETIC_LEADER_BASE, syntheticRange, writeMachineRoots } from './harness/synthetic-host.js';
+import { userdbLoad } from './harness/userdb-load.js';
+
+const knobs = {
+  sizes: (process.env.BENCH_SIZES ?? '100,1000,10000').split(',').map(Number),
+  runs: Number(process.env.BENCH_RUNS ?? 3),
+  seconds: Number(process.env.BENCH_SECONDS ?? 5),
+  lookups: 3000,
+};
+const SERVER_CPU = 0;
+const LOAD_CPU = 1;
+const SCALE_DAEMON_JS = join(REPO, 'dist/bench/processes/scale-daemon.js');
+const USERDB = '/run/mymachinesd-bench/io.mymachinesd.Machine';
+
+interface SizeResult {
+  readonly machines: number;
+  readonly bareFetchMs: number;
+  readonly readyMs: number;
+  readonly syncMs: number;
+  readonly fakeCpuMs: number;
+  readonly memoryReady: Memory;
+  readonly memoryAfter: Memory;
+  readonly qps: number[];
+  readonly cpuPerQueryUs: number[];
+  readonly userdbP50Us: Record<'uid' | 'name', number[]>;
+  readonly userdbP99Us: Record<'uid' | 'name', number[]>;
+  /** CPU other processes on this shared VM took while the daemon started, share of one core. */
+  readonly syncForeign: number;
+  /** The most they took during any of the size's other kept runs. */
+  readonly maxForeign: number;
+  /** Largest size only: DNS q/s of the same daemon started with --no-polling (informative). */
+  readonly noPollingQps: number[];
+  /** Largest size only: userdb p50 by uid of that daemon (informative). */
+  readonly noPollingUserdbP50Us: number[];
+}
+
+/** What a first sync cannot avoid: the same D-Bus calls, 16 at a time, and nothing else. */
+async function bareFetch(busAddress: string): Promise<number> {
+  const conn = await BusConnection.open(busAddress);
+  try {
+    const client = new Machine1Client(conn, { noAutoStart: true, timeoutMs: 30_000 });
+    const t0 = performance.now();
+    const listing = await client.listMachines();
+    await mapLimit(listing, 16, async (l) => {
+      await client.machineProperties(l.path);
+      await client.getMachineAddresses(l.name);
+    });
+    return performance.now() - t0;
+  } finally {
+    conn.close();
+  }
+}
+
+function userdbCalls(machines: number, kind: 'uid' | 'name'): string[] {
+  const random = prng(machines);
+  return Array.from({ length: 64 }, () => {
+    const i = 1 + Math.floor(random() * machines);
+    const params =
+      kind === 'uid'
+        ? { uid: syntheticRange(SYNTHETIC_LEADER_BASE + i).outer + 1000 }
+        : { userName: `vu-${machineName(i)}-1000` };
+    return JSON.stringify({
+      method: 'io.systemd.UserDatabase.GetUserRecord',
+      parameters: { ...params, service: 'io.mymachinesd.Machine' },
+    });
+  });
+}
+
+async function measureSize(n: number, report: BenchReport, largest: boolean): Promise<SizeResult> {
+  const fake = await FakeMachinedHandle.start();
+  const world = await World.create();
+  let daemon: DnsUnderTest | undefined;
+  try {
+    report.progress(`${n} machines: writing their root directories, seeding FakeMachined`);
+    const roots = join(world.dir, 'roots');
+    await writeMachineRoots(
+      roots,
+      Array.from({ length: n }, (_, k) => machineName(k + 1)),
+    );
+    const all = fakeMachines(
+      n,
+      (i) => SYNTHETIC_LEADER_BASE + i,
+      (i) => join(roots, machineName(i)),
+    );
+    for (let i = 0; i < all.length; i += 1000) await fake.seed(all.slice(i, i + 1000));
+    const bare = await quietRun(() => bareFetch(fake.busAddress));
+    const bareFetchMs = bare.result;
+    await untilQuiet();
+    const syncOthers = foreignCpu();
+    report.progress(`${n} machines: bare D-Bus fetch ${num(bareFetchMs)} ms; starting the daemon`);
+    const fakePid = fake.pid ?? 0;
+    const fakeBefore = cpuTime(fakePid);
+    const t0 = performance.now();
+    const started = await startDaemon(
+      world,
+      'mymachinesd (bench entry)',
+      scaleDaemon(fake.busAddress),
+      SERVER_CPU,
+    );
+    daemon = started;
+    const readyMs = performance.now() - t0;
+    const syncForeign = syncOthers() / readyMs;
+    const fakeCpu = cpuSince(fakePid, fakeBefore);
+    const synced = started.handle.lines.find((l) => /synced \d+ machine/.test(l)) ?? '';
+    const syncMs = Number(/in (\d+) ms/.exec(synced)?.[1] ?? NaN);
+    if (!synced.includes(`synced ${n} machine`)) throw new Error(`daemon synced something else: ${synced}`);
+    const memoryReady = memory(started.pid);
+
+    const queryFile = join(world.dir, 'queries.txt');
+    await writeFile(queryFile, `${queryLines(n, Math.max(10_000, 4 * n)).join('\n')}\n`);
+    const dnsOptions = { server: started.address, port: started.port, queryFile, cpu: LOAD_CPU };
+    await dnsperf(world, { ...dnsOptions, seconds: 2 });
+    const qps: number[] = [];
+    const foreign: number[] = [];
+    const cpuPerQueryUs: number[] = [];
+    for (let run = 0; run < knobs.runs; run++) {
+      const kept = await quietRun(async () => {
+        const before = cpuTime(started.pid);
+        const run = await dnsperf(world, { ...dnsOptions, seconds: knobs.seconds });
+        return { run, cpu: cpuSince(started.pid, before) };
+      });
+      const { run: r, cpu } = kept.result;
+      foreign.push(kept.foreignShare);
+      if (r.lost > 0 || (r.rcodes.get('SERVFAIL') ?? 0) > 0)
+        throw new Error(`dnsperf at ${n}: ${r.lost} lost`);
+      qps.push(r.qps);
+      cpuPerQueryUs.push(((cpu.userMs + cpu.systemMs) * 1000) / Math.max(1, r.completed));
+    }
+    report.progress(`${n} machines: DNS ${qps.map((q) => num(q)).join(', ')} q/s`);
+
+    const userdbP50Us = { uid: [] as number[], name: [] as number[] };
+    const userdbP99Us = { uid: [] as number[], name: [] as number[] };
+    for (let run = 0; run < knobs.runs; run++)
+      for (const kind of ['uid', 'name'] as const) {
+        const kept = await quietRun(() =>
+          userdbLoad(world, LOAD_CPU, {
+            socket: USERDB,
+            calls: userdbCalls(n, kind),
+            mode: 'connection',
+            count: knobs.lookups,
+            warmup: 500,
+          }),
+        );
+        const r = kept.result;
+        foreign.push(kept.foreignShare);
+        if (r.errors > 0 || !Object.values(r.replies).every((x) => x.includes('"record"')))
+          throw new Error(
+            `userdb at ${n} by ${kind}: ${r.errors} errors, ${JSON.stringify(r.replies).slice(0, 500)}`,
+          );
+        const l = latencySummary(r.latenciesUs);
+        userdbP50Us[kind].push(l.p50);
+        userdbP99Us[kind].push(l.p99);
+      }
+    report.progress(`${n} machines: userdb p50 by uid ${userdbP50Us.uid.map((v) => num(v)).join(', ')} µs`);
+    const memoryAfter = memory(started.pid);
+    const noPollingQps: number[] = [];
+    const noPollingUserdbP50Us: number[] = [];
+    if (largest) {
+      // The same daemon without periodic polling: what the address refresh and the leader check
+      // cost the query path at this size.
+      await started.stop();
+      daemon = undefined;
+      const quiet = await startDaemon(
+        world,
+        'mymachinesd (bench entry, --no-polling)',
+        scaleDaemon(fake.busAddress, ['--no-polling']),
+        SERVER_CPU,
+      );
+      daemon = quiet;
+      const options = { server: quiet.address, port: quiet.port, queryFile, cpu: LOAD_CPU };
+      await dnsperf(world, { ...options, seconds: 2 });
+      for (let run = 0; run < knobs.runs; run++) {
+        const kept = await quietRun(() => dnsperf(world, { ...options, seconds: knobs.seconds }));
+        noPollingQps.push(kept.result.qps);
+      }
+      for (let run = 0; run < knobs.runs; run++) {
+        const kept = await quietRun(() =>
+          userdbLoad(world, LOAD_CPU, {
+            socket: USERDB,
+            calls: userdbCalls(n, 'uid'),
+            mode: 'connection',
+            count: knobs.lookups,
+            warmup: 500,
+          }),
+        );
+        noPollingUserdbP50Us.push(latencySummary(kept.result.latenciesUs).p50);
+      }
+      report.progress(`${n} machines, no polling: DNS ${noPollingQps.map((q) => num(q)).join(', ')} q/s`);
+    }
+    return {
+      machines: n,
+      bareFetchMs,
+      readyMs,
+      syncMs,
+      fakeCpuMs: fakeCpu.userMs + fakeCpu.systemMs,
+      memoryReady,
+      memoryAfter,
+      noPollingQps,
+      noPollingUserdbP50Us,
+      qps,
+      cpuPerQueryUs,
+      userdbP50Us,
+      userdbP99Us,
+      syncForeign,
+      maxForeign: Math.max(bare.foreignShare, ...foreign),
+    };
+  } finally {
+    await daemon?.stop();
+    await world.dispose();
+    await fake.stop();
+  }
+}
+
+async function main(): Promise<void> {
+  requirePrograms(['dnsperf', 'taskset', 'dbus-daemon']);
+  const report = new BenchReport('scale', describeMachine(['dnsperf', 'dbus-daemon']));
+  const results: SizeResult[] = [];
+  for (const [i, n] of knobs.sizes.entries())
+    results.push(await measureSize(n, report, i === knobs.sizes.length - 1));
+
+  report.paragraph(
+    `Setup: FakeMachined (TEST DOUBLE of machined, Node + dbus-next) on a private dbus-daemon, seeded with N ` +
+      `containers (one IPv4 + one IPv6 address each) before the daemon starts. Ours: the BENCH-ONLY entry ` +
+      `\`bench/processes/scale-daemon.ts\` (Registry + userdb + DNS stub wired as \`serve\` does, defaults: ` +
+      `refresh every 10 s, 16 D-Bus fetches at a time) with a synthetic uid/gid map source whose /proc reads ` +
+      `still happen; pinned to CPU ${SERVER_CPU}. "ready" is from spawn to the \`ready\` line (Node start-up ` +
+      `included), "sync" the registry's own figure. DNS: dnsperf on CPU ${LOAD_CPU}, ${knobs.runs} × ` +
+      `${knobs.seconds} s, query file of max(10,000, 4·N) lines over all N names (~10 % unknown). userdb: ` +
+      `GetUserRecord, one connection per lookup, ${knobs.lookups} lookups per run over 64 random machines, ${knobs.runs} runs.`,
+  );
+  report.table(
+    [
+      'machines',
+      'bare D-Bus fetch ms',
+      'ready ms',
+      'sync ms',
+      'FakeMachined CPU ms',
+      'RSS MiB at ready',
+      'RSS MiB after (peak)',
+      'DNS q/s',
+      'CPU µs/q',
+      'userdb p50 µs uid / name',
+      'userdb p99 µs uid / name',
+      'others: sync / most in a run',
+    ],
+    results.map((r) => [
+      String(r.machines),
+      num(r.bareFetchMs),
+      num(r.readyMs),
+      num(r.syncMs),
+      num(r.fakeCpuMs),
+      num(r.memoryReady.rssMiB),
+      `${num(r.memoryAfter.rssMiB)} (${num(r.memoryAfter.peakMiB)})`,
+      formatSpread(spread(r.qps)),
+      formatSpread(spread(r.cpuPerQueryUs)),
+      `${formatSpread(spread(r.userdbP50Us.uid))} / ${formatSpread(spread(r.userdbP50Us.name))}`,
+      `${formatSpread(spread(r.userdbP99Us.uid))} / ${formatSpread(spread(r.userdbP99Us.name))}`,
+      `${share(r.syncForeign)} / ${share(r.maxForeign)}`,
+    ]),
+  );
+
+  const smallest = results[0];
+  if (!smallest) throw new Error('no sizes');
+  for (const r of results) {
+    const big = r.machines >= 10_000;
+    report.summary({
+      measurement: `first sync, ${r.machines} machines (spawn → ready)`,
+      ours: `${num(r.readyMs)} ms (registry sync ${num(r.syncMs)} ms)`,
+      anchor: `bare D-Bus fetch ${num(r.bareFetchMs)} ms`,
+      ratio: num(r.readyMs / r.bareFetchMs, 2),
+      target: big ? '< 3 s at 10,000' : '—',
+      met: big ? r.readyMs < 3000 : undefined,
+    });
+  }
+  const largest = results[results.length - 1] ?? smallest;
+  report.summary({
+    measurement: `RSS after load, ${largest.machines} machines`,
+    ours: `${num(largest.memoryAfter.rssMiB)} MiB (peak ${num(largest.memoryAfter.peakMiB)})`,
+    anchor: `${smallest.machines} machines: ${num(smallest.memoryAfter.rssMiB)} MiB`,
+    ratio: num(largest.memoryAfter.rssMiB / smallest.memoryAfter.rssMiB, 2),
+    target: '< 200 MB',
+    met: largest.memoryAfter.peakMiB * 1.048576 < 200,
+  });
+  const flat = (
+    label: string,
+    pick: (r: SizeResult) => Spread,
+    unit: string,
+    higherIsBetter: boolean,
+  ): void => {
+    const a = pick(smallest);
+    const b = pick(largest);
+    const ratio = b.median / a.median;
+    report.summary({
+      measurement: `${label}, ${largest.machines} vs ${smallest.machines} machines`,
+      ours: formatSpread(b, unit),
+      anchor: `${smallest.machines} machines: ${formatSpread(a, unit)}`,
+      ratio: num(ratio, 2),
+      target: higherIsBetter ? 'flat: ≥ 0.85×' : 'flat: ≤ 1.15×',
+      met: higherIsBetter ? ratio >= 0.85 : ratio <= 1.15,
+    });
+  };
+  flat('DNS q/s', (r) => spread(r.qps), ' q/s', true);
+  if (largest.noPollingQps.length > 0) {
+    const a = spread(smallest.qps);
+    const b = spread(largest.noPollingQps);
+    report.summary({
+      measurement: `DNS q/s, ${largest.machines} machines with --no-polling (informative: the cost of the address refresh and leader check)`,
+      ours: formatSpread(b, ' q/s'),
+      anchor: `${smallest.machines} machines (with polling): ${formatSpread(a, ' q/s')}`,
+      ratio: num(b.median / a.median, 2),
+      target: '—',
+      met: undefined,
+    });
+  }
+  if (largest.noPollingUserdbP50Us.length > 0) {
+    const a = spread(smallest.userdbP50Us.uid);
+    const b = spread(largest.noPollingUserdbP50Us);
+    report.summary({
+      measurement: `userdb lookup by uid, p50, ${largest.machines} machines with --no-polling (informative)`,
+      ours: formatSpread(b, ' µs'),
+      anchor: `${smallest.machines} machines (with polling): ${formatSpread(a, ' µs')}`,
+      ratio: num(b.median / a.median, 2),
+      target: '—',
+      met: undefined,
+    });
+  }
+  flat('userdb lookup by uid, p50', (r) => spread(r.userdbP50Us.uid), ' µs', false);
+  flat('userdb lookup by name, p50', (r) => spread(r.userdbP50Us.name), ' µs', false);
+  await report.write();
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(
+    `bench:scale failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+  );
+  process.exitCode = 1;
+});
+
+/** The bench entry of the daemon on the double's bus, DNS on a free loopback port, userdb at USERDB. */
+function scaleDaemon(busAddress: string, extra: readonly string[] = []): string[] {
+  return [
+    process.execPath,
+    SCALE_DAEMON_JS,
+    '--bus',
+    busAddress,
+    '--dns',
+    '127.0.0.1:0',
+    '--userdb',
+    USERDB,
+    ...extra,
+  ];
+}
