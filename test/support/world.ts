@@ -6,7 +6,9 @@
  * or address in the root network namespace, no host resolver configuration.
  *
  * Processes started in the world are recorded with their start time. `dispose()` stops them by PID;
- * if the test process dies instead, the holder sees its stdin close and stops them itself.
+ * if the test process dies instead, the holder sees its stdin close and stops them itself, and a
+ * janitor in the host's mount namespace removes the world's directory once the holder (and with it
+ * the namespaces) is gone.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -46,6 +48,16 @@ export interface ExecOptions {
 // The holder keeps the namespaces alive. When its stdin reaches EOF (the test process ended, with or
 // without dispose()), it kills every recorded process whose start time still matches, removes the
 // recorded cgroups, and exits.
+// The janitor runs in the test's own mount namespace, so that removing the world's directory never
+// descends into a mount made inside the world (a bind of a host directory into a container root).
+// When its stdin reaches EOF it waits until the holder (PID and start time) is gone, then removes it.
+const JANITOR_SCRIPT = `
+while read -r _line; do :; done
+starttime() { s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=\${s##*) }; set -- $s; echo "\${20}"; }
+while [ "$(starttime "$W_HOLDER")" = "$W_HOLDER_START" ]; do sleep 0.1; done
+case "$W_DIR" in "$W_TMP"/mmd-world-*) rm -rf -- "$W_DIR" ;; esac
+`;
+
 const HOLDER_SCRIPT = `
 set -e
 mount -t tmpfs -o mode=0755 tmpfs /run
@@ -86,6 +98,7 @@ export class World {
     readonly dir: string,
     private readonly holder: ChildProcess,
     readonly holderPid: number,
+    private readonly janitor: ChildProcess,
   ) {}
 
   static async create(opts: WorldOptions = {}): Promise<World> {
@@ -135,7 +148,19 @@ export class World {
     });
     await ready;
     if (holder.pid === undefined) throw new Error('world holder has no pid');
-    return new World(dir, holder, holder.pid);
+    const janitor = spawn('sh', ['-c', JANITOR_SCRIPT], {
+      env: {
+        PATH: process.env.PATH,
+        W_DIR: dir,
+        W_TMP: tmpdir(),
+        W_HOLDER: String(holder.pid),
+        W_HOLDER_START: String(await startTime(holder.pid)),
+      },
+      stdio: ['pipe', 'ignore', 'ignore'],
+      detached: true, // not hit by a signal to the test's process group
+    });
+    janitor.stdin?.on('error', () => undefined);
+    return new World(dir, holder, holder.pid, janitor);
   }
 
   /** A path inside the world's mount namespace, seen from the host (through /proc/PID/root). */
@@ -234,6 +259,7 @@ export class World {
     const cgroups = await readFile(join(this.dir, 'cgroups'), 'utf8').catch(() => '');
     for (const cg of cgroups.split('\n').filter(Boolean).reverse()) await rmdir(cg).catch(() => undefined);
     await rm(this.dir, { recursive: true, force: true });
+    this.janitor.stdin?.end(); // nothing left for it: the holder is gone
   }
 }
 
