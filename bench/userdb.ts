@@ -25,6 +25,7 @@ import { BenchReport } from './harness/report.js';
 import { formatSpread, latencySummary, num, spread, type LatencySummary } from './harness/stats.js';
 import { quietRun, share, untilQuiet } from './harness/quiet.js';
 import { throughput, userdbLoad, type LoadOptions, type LoadResult } from './harness/userdb-load.js';
+import { DAEMON_NODE_FLAGS } from '../src/daemon/heap.js';
 
 const knobs = {
   runs: Number(process.env.BENCH_RUNS ?? 5),
@@ -114,7 +115,7 @@ async function main(): Promise<void> {
   try {
     daemon = await DaemonHandle.startCommand(lab.world, [
       'taskset', '-c', String(SERVER_CPU),
-      process.execPath, BIN, 'serve', '--bus', lab.busAddress, '--userdb', OURS_USERDB,
+      process.execPath, ...DAEMON_NODE_FLAGS, BIN, 'serve', '--bus', lab.busAddress, '--userdb', OURS_USERDB,
     ]); // prettier-ignore
     const machinedPid = lab.machinedPid;
     if (machinedPid === undefined || daemon.child.pid === undefined) throw new Error('no pids');

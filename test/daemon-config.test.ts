@@ -27,6 +27,13 @@ test('serve defaults follow the CLI contract', (t) => {
   t.is(c.logLevel, 'info');
   t.false(c.includeLinkLocal);
   t.is(c.resolvedLink, undefined);
+  t.is(c.refreshSeconds, 10);
+  t.is(c.refreshRate, 100);
+});
+
+test('--refresh-rate takes machines per second', (t) => {
+  t.is(serve('--refresh-rate', '250').refreshRate, 250);
+  t.is(serve('--refresh-rate=1').refreshRate, 1);
 });
 
 test('the bus defaults to $DBUS_SYSTEM_BUS_ADDRESS', (t) => {
@@ -83,6 +90,8 @@ const bad: [string[], RegExp][] = [
   [['serve', '--no-dns=yes'], /takes no value/],
   [['serve', 'extra'], /unexpected argument "extra"/],
   [['serve', '--refresh', '0'], /≥ 1/],
+  [['serve', '--refresh-rate', '0'], /machines per second ≥ 1/],
+  [['serve', '--refresh-rate', '1.5'], /machines per second ≥ 1/],
   [['resolve'], /a machine name is required/],
   [['resolve', 'a', 'b'], /unexpected argument "b"/],
   [['user'], /a name or numeric id is required/],

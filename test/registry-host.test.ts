@@ -37,6 +37,18 @@ test('startTime is the start time in /proc/PID/stat, and undefined once the proc
   t.is(await procHost.startTime(pid), undefined);
 });
 
+test('exists is signal 0: true for a running process, false once it is gone', async (t) => {
+  t.true(procHost.exists?.(process.pid));
+  const child = spawn('sleep', ['60'], { stdio: 'ignore' });
+  const pid = child.pid ?? NO_PROCESS;
+  t.true(procHost.exists?.(pid));
+  const exited = once(child, 'exit');
+  child.kill('SIGKILL');
+  await exited;
+  t.false(procHost.exists?.(pid));
+  t.false(procHost.exists?.(NO_PROCESS));
+});
+
 test('readProcFile reads whole files, and refuses one larger than any /proc file it is meant for', async (t) => {
   const dir = tempDir(t);
   const small = join(dir, 'small');

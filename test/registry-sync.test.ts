@@ -404,3 +404,162 @@ test('[test double] when the bus comes back before machined, the last known mach
   await until(r.view, (v) => v.byName('kept') === undefined);
   t.pass();
 });
+
+test('[test double] --refresh-rate: refreshes are never closer than 1/rate s, and a round stretches to N / rate', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.seed(
+    Array.from({ length: 10 }, (_, i) => fakeMachine(`m${i}`, process.pid, { timestamp: '0' })),
+  );
+  const reads: number[] = [];
+  const host: HostReader = {
+    ...procHost,
+    userNamespace: () => undefined, // maps are read on every refresh: one uid_map read = one refresh
+    readIdMap: (_pid, which) => {
+      if (which === 'uid') reads.push(performance.now());
+      return Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer: 300000, count: 65536 }] });
+    },
+    readAccounts: () =>
+      Promise.resolve({ kind: 'ok', accounts: [], source: 'leader-root', leaderRootProblem: undefined }),
+  };
+  const logger = memoryLogger();
+  // 10 machines every 200 ms would be 50 refreshes a second; the rate allows 20
+  const r = new Registry({
+    busAddress: fake.busAddress,
+    logger,
+    host,
+    refreshIntervalMs: 200,
+    refreshRate: 20,
+    settleDelaysMs: [],
+  });
+  t.teardown(() => r.stop());
+  await r.start();
+  const synced = reads.length;
+  await new Promise((resolve) => setTimeout(resolve, 1_500));
+  const refreshes = reads.slice(synced);
+  t.true(refreshes.length >= 15, `refreshes happen (${refreshes.length})`);
+  t.true(refreshes.length <= 1.5 * 20 + 2, `at most 20 a second (${refreshes.length} in 1.5 s)`);
+  const gaps = refreshes.slice(1).map((at, i) => at - (refreshes[i] ?? 0));
+  t.true(
+    Math.min(...gaps) >= 40,
+    `refreshes 50 ms apart, give or take the timers (closest ${Math.min(...gaps).toFixed(1)} ms)`,
+  );
+  t.is(r.status().refreshRoundMs, 500);
+  await logger.waitFor(
+    /10 machines at most 20 per second \(--refresh-rate\).*every 0\.5 s, not every 0\.2 s/,
+  );
+});
+
+test('[test double] a refresh does not re-read uid_map and gid_map while the user namespace stays, and does when it changes', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.seed([fakeMachine('testct', process.pid, { timestamp: '0' })]);
+  let namespace = 'user:[4026532001]';
+  let outer = 300000;
+  const reads: string[] = [];
+  const host: HostReader = {
+    ...procHost,
+    userNamespace: () => namespace,
+    readIdMap: (_pid, which) => {
+      reads.push(which);
+      return Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer, count: 65536 }] });
+    },
+    readAccounts: () =>
+      Promise.resolve({ kind: 'ok', accounts: [], source: 'leader-root', leaderRootProblem: undefined }),
+  };
+  const r = registry(fake.busAddress, { host, refreshIntervalMs: 50, settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  t.deepEqual(reads.sort(), ['gid', 'uid']);
+  const refreshed = await fake.received('GetMachineAddresses');
+  await refreshed.arrived; // refreshes run (every 50 ms)…
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  t.deepEqual(reads.sort(), ['gid', 'uid'], '…without reading the maps again');
+  // a new user namespace (the leader re-created it): its maps are read, and served
+  namespace = 'user:[4026532999]';
+  outer = 400000;
+  await until(r.view, (v) => v.ownerOfUid(401000)?.machine.name === 'testct', 3_000);
+  t.is(r.view.ownerOfUid(301000), undefined);
+  t.true(reads.length >= 4);
+});
+
+test("[test double] the first sync does not wait for containers' passwd and group: they follow in one change", async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.seed([fakeMachine('testct', process.pid, { timestamp: '0' })]);
+  let release: () => void = () => undefined;
+  const held = new Promise<void>((resolve) => (release = resolve));
+  const asked: string[] = [];
+  const host: HostReader = {
+    ...procHost,
+    readIdMap: () => Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer: 300000, count: 65536 }] }),
+    // the container's files are on a slow filesystem: nothing comes until the test releases them
+    readAccounts: async (_pid, _root, which) => {
+      asked.push(which);
+      await held;
+      return {
+        kind: 'ok',
+        accounts: [{ name: which === 'passwd' ? 'alice' : 'staff', id: 1000 }],
+        source: 'leader-root',
+        leaderRootProblem: undefined,
+      };
+    },
+  };
+  const logger = memoryLogger();
+  const r = new Registry({
+    busAddress: fake.busAddress,
+    logger,
+    host,
+    refreshIntervalMs: 60_000,
+    settleDelaysMs: [],
+  });
+  t.teardown(() => r.stop());
+  await r.start(); // would never resolve if the sync waited for the files
+  t.is(r.view.ownerOfUid(301000)?.machine.name, 'testct', 'lookups by id work at once');
+  t.is(r.view.byName('testct')?.innerUsers, undefined);
+  t.deepEqual(asked.sort(), ['group', 'passwd'], 'the reads are under way');
+  const generation = r.view.generation;
+  release();
+  await r.whenAccountsRead();
+  t.deepEqual(r.view.byName('testct')?.innerUsers, [{ name: 'alice', id: 1000 }]);
+  t.deepEqual(r.view.byName('testct')?.innerGroups, [{ name: 'staff', id: 1000 }]);
+  t.is(r.view.generation, generation + 1, 'applied in one change');
+  t.regex(await logger.waitFor(/read the accounts/), /read the accounts of 1 container\(s\) in \d+ ms/);
+});
+
+test('[test double] the leader check asks only whether the pid exists between full checks, and still catches a reused pid', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.seed([fakeMachine('testct', process.pid, { timestamp: '0' })]);
+  await fake.setAddresses('testct', ['192.0.2.60']);
+  let start = 1000;
+  let startReads = 0;
+  let existsAsked = 0;
+  const host: HostReader = {
+    ...procHost,
+    startTime: () => {
+      startReads++;
+      return Promise.resolve(start);
+    },
+    exists: () => {
+      existsAsked++;
+      return true;
+    },
+  };
+  const r = registry(fake.busAddress, { host, leaderCheckIntervalMs: 20, settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  const before = { startReads, existsAsked };
+  await new Promise((resolve) => setTimeout(resolve, 1_000));
+  const rounds = existsAsked - before.existsAsked + (startReads - before.startReads);
+  t.true(rounds >= 20, `the check runs (${rounds} rounds)`);
+  t.true(
+    startReads - before.startReads <= rounds / 5 + 1,
+    `one full check in five (${startReads - before.startReads} of ${rounds})`,
+  );
+  t.true(r.view.byName('testct')?.leaderAlive);
+  // the leader died and its pid now belongs to another process: the pid exists, the start time differs
+  start = 2000;
+  await until(r.view, (v) => v.byName('testct')?.leaderAlive === false, 2_000);
+  t.deepEqual(addressesOf(r.view, 'testct'), []);
+});

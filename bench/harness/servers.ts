@@ -16,6 +16,7 @@ import { createInterface } from 'node:readline';
 import { BIN, DaemonHandle } from '../../test/support/daemon.js';
 import type { World } from '../../test/support/world.js';
 import { REPO } from './machine.js';
+import { DAEMON_NODE_FLAGS } from '../../src/daemon/heap.js';
 
 export interface DnsUnderTest {
   readonly label: string;
@@ -60,7 +61,17 @@ export function startMymachinesd(
   return startDaemon(
     world,
     'mymachinesd',
-    [process.execPath, BIN, 'serve', '--bus', busAddress, '--dns', '127.0.0.1:0', ...extra],
+    [
+      process.execPath,
+      ...DAEMON_NODE_FLAGS,
+      BIN,
+      'serve',
+      '--bus',
+      busAddress,
+      '--dns',
+      '127.0.0.1:0',
+      ...extra,
+    ],
     cpu,
   );
 }

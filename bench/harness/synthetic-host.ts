@@ -1,9 +1,9 @@
 /**
  * The synthetic HostReader of bench:scale (BENCH ONLY): leaders at or above SYNTHETIC_LEADER_BASE
  * (above any pid_max, so never a real process) stand for containers with a user namespace. Machine
- * i = leader - base gets uid_map and gid_map `0 (i+2)*65536 65536`, each given after the same /proc
- * read for the daemon's own pid (stat, uid_map, gid_map), whose content is discarded, so that the
- * cost of the real reads stays. Accounts are real: /proc/PID/root does not exist for a synthetic
+ * i = leader - base gets uid_map and gid_map `0 (i+2)*65536 65536` and its own user namespace, each
+ * given after the same /proc read for the daemon's own pid (stat, uid_map, gid_map, ns/user), whose
+ * content is discarded, so that the cost of the real reads stays. Accounts are real: /proc/PID/root does not exist for a synthetic
  * leader, so the registry reads the machine's registered RootDirectory, where bench:scale writes
  * an etc/passwd and etc/group per machine (`writeMachineRoots`). Anything else is the real procHost.
  */
@@ -26,6 +26,14 @@ export const syntheticHost: HostReader = {
   async readIdMap(pid, which) {
     const real = await procHost.readIdMap(synthetic(pid) ? process.pid : pid, which);
     return synthetic(pid) ? { kind: 'ok', ranges: [syntheticRange(pid)] } : real;
+  },
+  userNamespace(pid) {
+    const real = procHost.userNamespace?.(synthetic(pid) ? process.pid : pid);
+    return synthetic(pid) ? `user:[synthetic-${pid}]` : real;
+  },
+  exists(pid) {
+    const real = procHost.exists?.(synthetic(pid) ? process.pid : pid);
+    return synthetic(pid) ? true : real;
   },
   async startTime(pid) {
     const real = await procHost.startTime(synthetic(pid) ? process.pid : pid);

@@ -30,6 +30,8 @@ export interface ServeConfig {
   readonly control: string | undefined;
   readonly logLevel: LogLevel;
   readonly refreshSeconds: number;
+  /** At most this many machines' addresses re-read per second (stretches rounds beyond refreshSeconds). */
+  readonly refreshRate: number;
   /** Register the stub with systemd-resolved for the domain on this link (undefined = do not). */
   readonly resolvedLink: string | undefined;
 }
@@ -68,6 +70,7 @@ export const DEFAULT_DOMAIN = 'machine';
 export const DEFAULT_USERDB = '/run/systemd/userdb/io.mymachinesd.Machine';
 export const DEFAULT_CONTROL = '/run/mymachinesd/io.mymachinesd.Control';
 export const DEFAULT_REFRESH_SECONDS = 10;
+export const DEFAULT_REFRESH_RATE = 100;
 export const DEFAULT_RESOLVED_LINK = 'mymachines0';
 
 export const USAGE = `usage:
@@ -90,6 +93,8 @@ export const USAGE = `usage:
       --control PATH         control socket for list/resolve (default ${DEFAULT_CONTROL})
       --no-control           serve no control socket
       --refresh SECONDS      re-read machine addresses this often (default ${DEFAULT_REFRESH_SECONDS})
+      --refresh-rate N       but re-read at most N machines per second (default ${DEFAULT_REFRESH_RATE});
+                             beyond SECONDS × N machines a round takes machines / N seconds
       --register-resolved[=LINK]
                              route the domain to this stub in systemd-resolved, on LINK
                              (default ${DEFAULT_RESOLVED_LINK})
@@ -209,6 +214,7 @@ function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): ServeConfi
   let control: string | undefined = DEFAULT_CONTROL;
   let logLevel: LogLevel = 'info';
   let refreshSeconds = DEFAULT_REFRESH_SECONDS;
+  let refreshRate = DEFAULT_REFRESH_RATE;
   let resolvedLink: string | undefined;
   for (let a = args.next(); a; a = args.next()) {
     if ('positional' in a) throw new UsageError(`serve: unexpected argument "${a.positional}"`);
@@ -271,6 +277,13 @@ function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): ServeConfi
       case '--refresh':
         refreshSeconds = parseSeconds(flag, args.value(flag, inline), 1);
         break;
+      case '--refresh-rate': {
+        const text = args.value(flag, inline);
+        if (!/^\d{1,7}$/.test(text) || Number(text) < 1)
+          throw new UsageError(`${flag} "${text}": expected a whole number of machines per second ≥ 1`);
+        refreshRate = Number(text);
+        break;
+      }
       case '--register-resolved':
         resolvedLink = inline ?? DEFAULT_RESOLVED_LINK;
         if (!/^[A-Za-z0-9_.:-]{1,15}$/.test(resolvedLink))
@@ -298,6 +311,7 @@ function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): ServeConfi
     control,
     logLevel,
     refreshSeconds,
+    refreshRate,
     resolvedLink,
   };
 }

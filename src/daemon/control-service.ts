@@ -55,7 +55,9 @@ type Status (
   lastSyncAt: int,
   lastSyncMs: int,
   machines: int,
-  lastError: ?string
+  lastError: ?string,
+  # ms between two address refreshes of one machine (--refresh, stretched by --refresh-rate)
+  refreshRoundMs: int
 )
 
 # Every machine, in registration order, and how the registry is doing.

@@ -84,6 +84,7 @@ export async function serve(
     busAddress: config.busAddress,
     logger,
     refreshIntervalMs: config.refreshSeconds * 1000,
+    refreshRate: config.refreshRate,
   });
   const running: Running = { registry, varlink: [], dns: undefined, resolved: undefined };
 

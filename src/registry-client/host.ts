@@ -9,7 +9,7 @@
  * root directory if there is one and it is readable, else only inner id 0 is enumerated.
  */
 import { execFile } from 'node:child_process';
-import { closeSync, constants, openSync, readSync, type Stats } from 'node:fs';
+import { closeSync, constants, openSync, readlinkSync, readSync, type Stats } from 'node:fs';
 import { lstat, open } from 'node:fs/promises';
 import { z } from 'zod';
 import { isLinkLocal, parseAddress } from './address.js';
@@ -43,6 +43,18 @@ export interface HostReader {
   readIdMap(pid: number, which: 'uid' | 'gid'): Promise<MapRead>;
   /** Start time of a process (clock ticks since boot), undefined when it does not exist. */
   startTime(pid: number): Promise<number | undefined>;
+  /**
+   * Identity of the process's user namespace (`/proc/<pid>/ns/user`: `user:[INODE]`), undefined when
+   * unreadable. A namespace's uid_map and gid_map can be written only once: while the identity
+   * stays, maps read before (non-empty) still hold. Without this, maps are read every time.
+   */
+  userNamespace?(pid: number): string | undefined;
+  /**
+   * Whether a process exists (signal 0: one syscall, no parsing), or undefined when that cannot be
+   * told. Cheaper than startTime, but blind to a pid reused by another process: the leader check
+   * uses it between full checks. Without it, every check reads the start time.
+   */
+  exists?(pid: number): boolean | undefined;
   /** Accounts in the container's passwd or group file, and where they came from. */
   readAccounts(pid: number, rootDirectory: string, which: 'passwd' | 'group'): Promise<AccountsRead>;
   /** ifindex → name for every link in the daemon's network namespace. */
@@ -94,6 +106,24 @@ export function readProcFile(
 }
 
 export const procHost: HostReader = {
+  exists(pid) {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch (err) {
+      const code = errorCode(err);
+      return code === 'ESRCH' ? false : code === 'EPERM' ? true : undefined;
+    }
+  },
+
+  userNamespace(pid) {
+    try {
+      return readlinkSync(`/proc/${pid}/ns/user`);
+    } catch {
+      return undefined;
+    }
+  },
+
   readIdMap(pid, which) {
     const file = readProcFile(`/proc/${pid}/${which}_map`);
     if (!file.ok) return Promise.resolve({ kind: 'unreadable', reason: file.reason });
@@ -257,7 +287,7 @@ type ContainerFileRead =
 export class AccountFileCache {
   private readonly entries = new Map<
     string,
-    { readonly signature: string; readonly accounts: InnerAccount[] }
+    { readonly signature: FileSignature; readonly accounts: InnerAccount[] }
   >();
 
   constructor(private readonly limit = 65_536) {}
@@ -270,7 +300,7 @@ export class AccountFileCache {
         lstat(`${root}/etc`).catch(() => undefined),
         lstat(path).catch(() => undefined),
       ]);
-      if (etc?.isDirectory() && file?.isFile() && fileSignature(file) === known.signature)
+      if (etc?.isDirectory() && file?.isFile() && sameSignature(known.signature, file))
         return { kind: 'ok', accounts: known.accounts };
       this.entries.delete(path);
     }
@@ -302,9 +332,31 @@ export class AccountFileCache {
 
 const accountFiles = new AccountFileCache();
 
-/** What changes whenever a file's content may have: ctime cannot be set from user space. */
-function fileSignature(st: Stats): string {
-  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+/**
+ * What changes whenever a file's content may have: ctime cannot be set from user space. Numbers, not
+ * a string: 20,000 signatures built as template strings held 25 MB of concatenated strings at 10,000
+ * containers (a heap snapshot, BENCHMARKS.md, bench:scale).
+ */
+interface FileSignature {
+  readonly dev: number;
+  readonly ino: number;
+  readonly size: number;
+  readonly mtimeMs: number;
+  readonly ctimeMs: number;
+}
+
+function fileSignature(st: Stats): FileSignature {
+  return { dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs };
+}
+
+function sameSignature(a: FileSignature, st: Stats): boolean {
+  return (
+    a.dev === st.dev &&
+    a.ino === st.ino &&
+    a.size === st.size &&
+    a.mtimeMs === st.mtimeMs &&
+    a.ctimeMs === st.ctimeMs
+  );
 }
 
 function errorCode(err: unknown): string {

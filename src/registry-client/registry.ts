@@ -150,6 +150,39 @@ export class MachineTable implements RegistryView {
     this.emit({ kind: 'reset' });
   }
 
+  /**
+   * Replaces known machines by name, each keeping its place (in the order and under its addresses),
+   * with one `reset` change: the accounts read after a resync. Unknown names are ignored.
+   */
+  replaceSome(machines: readonly MachineRecord[]): void {
+    const replaced = new Map<MachineRecord, MachineRecord>();
+    for (const next of machines) {
+      const previous = this.machines.get(next.name);
+      if (!previous || previous === next) continue;
+      replaced.set(previous, next);
+      this.machines.set(next.name, next);
+      if (previous.addresses === next.addresses)
+        for (const a of next.addresses) {
+          const list = this.addressIndex.get(a.address);
+          const at = list?.indexOf(previous) ?? -1;
+          if (list && at >= 0)
+            this.addressIndex.set(
+              a.address,
+              list.map((m, i) => (i === at ? next : m)),
+            );
+        }
+      else {
+        this.unindexAddresses(previous);
+        this.indexAddresses(next);
+      }
+    }
+    if (replaced.size === 0) return;
+    this.ordered = this.ordered.map((m) => replaced.get(m) ?? m);
+    this.uidIndex = undefined;
+    this.gidIndex = undefined;
+    this.emit({ kind: 'reset' });
+  }
+
   private reindex(previous: MachineRecord | undefined, next: MachineRecord | undefined): void {
     if (previous) this.unindexAddresses(previous);
     if (next) this.indexAddresses(next);

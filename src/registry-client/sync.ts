@@ -50,6 +50,12 @@ export interface RegistryOptions {
   readonly host?: HostReader;
   /** Re-read every machine's addresses this often (worst-case staleness after the settle window). */
   readonly refreshIntervalMs?: number;
+  /**
+   * At most this many machines are refreshed per second: with more machines than
+   * `refreshIntervalMs` × rate, a round takes longer than the interval (machined forks into the
+   * container for every GetMachineAddresses, and each answer costs the daemon ~0.3 ms of CPU).
+   */
+  readonly refreshRate?: number;
   /** Delays after MachineNew at which addresses are re-read until the machine has some. */
   readonly settleDelaysMs?: readonly number[];
   /** How often leaders are checked for being alive (a cheap /proc read per machine). */
@@ -71,10 +77,13 @@ export interface RegistryStatus {
   readonly lastSyncMs: number;
   readonly machines: number;
   readonly lastError: string | undefined;
+  /** Time between two refreshes of one machine: the interval, or longer when the rate bound stretches it. */
+  readonly refreshRoundMs: number;
 }
 
 export const DEFAULTS = {
   refreshIntervalMs: 10_000,
+  refreshRate: 100,
   settleDelaysMs: [100, 250, 500, 1_000, 2_000, 4_000] as readonly number[],
   leaderCheckIntervalMs: 2_000,
   callTimeoutMs: 5_000,
@@ -97,6 +106,9 @@ const NAME_OWNER_RULE = matchRule({
  * at 10,000 q/s 1.4–2.6 ms instead of 0.3–0.5 ms (BENCHMARKS.md, bench:dns).
  */
 const LEADER_CHECK_SLICE_MS = 0.25;
+
+/** Every how many leader-check rounds each leader's start time is read (see scheduleLeaderCheck). */
+const LEADER_FULL_CHECK_EVERY = 5;
 
 type Fetched = { readonly kind: 'found'; readonly record: MachineRecord } | { readonly kind: 'gone' };
 
@@ -124,6 +136,13 @@ export class Registry {
   private reconnectTimer: NodeJS.Timeout | undefined;
   private reconnectDelay: number;
   private refreshTimer: NodeJS.Timeout | undefined;
+  /** The user namespace each container's maps were last read in (see readIds). */
+  private readonly userNamespaces = new Map<string, string>();
+  /** The accounts deferred by the latest resync (readAccountsAfterSync). */
+  private accountsRead: Promise<void> = Promise.resolve();
+  /** How long a refresh round takes now (the interval, or longer when the rate bound stretches it). */
+  private refreshRoundMs: number;
+  private roundStretched = false;
   private refreshWake: (() => void) | undefined;
   private leaderTimer: NodeJS.Timeout | undefined;
   private lastSyncAt = 0;
@@ -139,6 +158,7 @@ export class Registry {
     this.host = options.host ?? procHost;
     this.opts = {
       refreshIntervalMs: options.refreshIntervalMs ?? DEFAULTS.refreshIntervalMs,
+      refreshRate: options.refreshRate ?? DEFAULTS.refreshRate,
       settleDelaysMs: options.settleDelaysMs ?? DEFAULTS.settleDelaysMs,
       leaderCheckIntervalMs: options.leaderCheckIntervalMs ?? DEFAULTS.leaderCheckIntervalMs,
       callTimeoutMs: options.callTimeoutMs ?? DEFAULTS.callTimeoutMs,
@@ -146,6 +166,9 @@ export class Registry {
       reconnectMinMs: options.reconnectMinMs ?? DEFAULTS.reconnectMinMs,
       reconnectMaxMs: options.reconnectMaxMs ?? DEFAULTS.reconnectMaxMs,
     };
+    if (!(this.opts.refreshRate > 0))
+      throw new RangeError(`refreshRate ${this.opts.refreshRate}: must be > 0`);
+    this.refreshRoundMs = this.opts.refreshIntervalMs;
     this.reconnectDelay = this.opts.reconnectMinMs;
     this.limit = concurrencyLimit(this.opts.concurrency);
     let resolve: () => void = () => undefined;
@@ -165,7 +188,16 @@ export class Registry {
       lastSyncMs: this.lastSyncMs,
       machines: this.table.all().length,
       lastError: this.lastError,
+      refreshRoundMs: this.refreshRoundMs,
     };
+  }
+
+  /**
+   * Resolves when the accounts deferred by the latest resync are applied (enumeration complete);
+   * 'read the accounts of N container(s)' is logged then.
+   */
+  whenAccountsRead(): Promise<void> {
+    return this.accountsRead;
   }
 
   /** Called after every completed resync. */
@@ -200,7 +232,11 @@ export class Registry {
     // read that never returns cannot keep the daemon from exiting.
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
-      Promise.allSettled([...[...this.fetches.values()].map((f) => f.done), ...this.refreshes.values()]),
+      Promise.allSettled([
+        ...[...this.fetches.values()].map((f) => f.done),
+        ...this.refreshes.values(),
+        this.accountsRead,
+      ]),
       new Promise<void>((resolve) => (timer = setTimeout(resolve, this.opts.callTimeoutMs))),
     ]);
     clearTimeout(timer);
@@ -312,6 +348,7 @@ export class Registry {
     clearTimeout(this.settleTimers.get(name));
     this.settleTimers.delete(name);
     this.leaderStarts.delete(name);
+    this.userNamespaces.delete(name);
     for (const topic of ['uid_map', 'gid_map', 'passwd', 'group'])
       this.hostProblems.delete(`${name}\0${topic}`);
   }
@@ -363,7 +400,7 @@ export class Registry {
     const startedAt = new Map<string, number>();
     const fetched = await mapLimit(listing, this.opts.concurrency, (l) => {
       startedAt.set(l.name, this.signalSeq);
-      return this.fetchMachine(l.name, l.path).catch((err: unknown) => {
+      return this.fetchMachine(l.name, l.path, 'later').catch((err: unknown) => {
         // One machine that cannot be read now does not fail the sync: keep what we knew of it
         // and try it again on its own.
         this.noteError(`machine ${l.name}: ${describe(err)}`);
@@ -390,6 +427,9 @@ export class Registry {
     for (const r of ordered) this.startSettlingIfNeeded(r);
     this.finishSync(began);
     this.options.logger.info(`synced ${ordered.length} machine(s) in ${this.lastSyncMs} ms`);
+    this.accountsRead = this.readAccountsAfterSync(ordered).catch((err: unknown) =>
+      this.noteError(`reading container accounts: ${describe(err)}`),
+    );
   }
 
   private finishSync(began: number): void {
@@ -434,11 +474,19 @@ export class Registry {
     return entry.done;
   }
 
-  private fetchMachine(name: string, knownPath?: string): Promise<Fetched> {
-    return this.limit(() => this.fetchMachineNow(name, knownPath));
+  /**
+   * `accounts`: 'later' (a resync) leaves the container's passwd and group to `readAccountsAfterSync`;
+   * the record meanwhile keeps the accounts read before for the same leader, if any.
+   */
+  private fetchMachine(name: string, knownPath?: string, accounts: AccountsWhen = 'now'): Promise<Fetched> {
+    return this.limit(() => this.fetchMachineNow(name, knownPath, accounts));
   }
 
-  private async fetchMachineNow(name: string, knownPath?: string): Promise<Fetched> {
+  private async fetchMachineNow(
+    name: string,
+    knownPath: string | undefined,
+    accounts: AccountsWhen,
+  ): Promise<Fetched> {
     const client = this.client;
     if (!client) throw new Error('not connected');
     let props: MachineProperties;
@@ -496,6 +544,7 @@ export class Registry {
     const record = await this.withHostData(
       { ...base, leaderAlive: cls === 'host' || leaderStart !== undefined },
       sameLeader ? known : undefined,
+      accounts,
     );
     return { kind: 'found', record };
   }
@@ -509,33 +558,99 @@ export class Registry {
   private async withHostData(
     record: MachineRecord,
     known: MachineRecord | undefined,
+    accounts: AccountsWhen = 'now',
   ): Promise<MachineRecord> {
-    const [addresses, ids] = await Promise.all([this.readAddresses(record), this.readIds(record, known)]);
+    const [addresses, ids] = await Promise.all([
+      this.readAddresses(record),
+      this.readIds(record, known, accounts),
+    ]);
     return { ...record, ...addresses, ...ids };
   }
 
   private async readIds(
     record: MachineRecord,
     known: MachineRecord | undefined,
+    accounts: AccountsWhen,
   ): Promise<Pick<MachineRecord, 'uidMap' | 'gidMap' | 'innerUsers' | 'innerGroups'>> {
     let { uidMap, gidMap, innerUsers, innerGroups } = record;
     if (record.class === 'container' && record.leaderAlive) {
-      const [uid, gid] = await Promise.all([
-        this.host.readIdMap(record.leader, 'uid'),
-        this.host.readIdMap(record.leader, 'gid'),
-      ]);
-      uidMap = this.mapOr(uid, record.name, 'uid', known?.uidMap);
-      gidMap = this.mapOr(gid, record.name, 'gid', known?.gidMap);
-      if (hasPrivateUserNamespace(uidMap) || hasPrivateUserNamespace(gidMap)) {
-        const [passwd, group] = await Promise.all([
-          this.host.readAccounts(record.leader, record.rootDirectory, 'passwd'),
-          this.host.readAccounts(record.leader, record.rootDirectory, 'group'),
+      // Maps, once written, never change for a user namespace: the same namespace as when the
+      // known maps were read means the same maps (one readlink instead of two /proc reads).
+      const userns = this.host.userNamespace?.(record.leader);
+      const sameNamespace =
+        userns !== undefined &&
+        known !== undefined &&
+        known.leader === record.leader &&
+        this.userNamespaces.get(record.name) === userns &&
+        (known.uidMap?.length ?? 0) > 0 &&
+        (known.gidMap?.length ?? 0) > 0;
+      if (sameNamespace) {
+        uidMap = known.uidMap;
+        gidMap = known.gidMap;
+      } else {
+        const [uid, gid] = await Promise.all([
+          this.host.readIdMap(record.leader, 'uid'),
+          this.host.readIdMap(record.leader, 'gid'),
         ]);
-        innerUsers = this.accountsOr(passwd, record, 'passwd', known?.innerUsers);
-        innerGroups = this.accountsOr(group, record, 'group', known?.innerGroups);
+        uidMap = this.mapOr(uid, record.name, 'uid', known?.uidMap);
+        gidMap = this.mapOr(gid, record.name, 'gid', known?.gidMap);
+        if (userns === undefined || uid.kind !== 'ok' || gid.kind !== 'ok')
+          this.userNamespaces.delete(record.name);
+        else this.userNamespaces.set(record.name, userns);
+      }
+      if (hasPrivateUserNamespace(uidMap) || hasPrivateUserNamespace(gidMap)) {
+        if (accounts === 'later') {
+          innerUsers = known?.innerUsers;
+          innerGroups = known?.innerGroups;
+        } else ({ innerUsers, innerGroups } = await this.readAccountsOf(record, known));
       }
     }
     return { uidMap, gidMap, innerUsers, innerGroups };
+  }
+
+  /** The container's passwd and group (what `known` had stands in for a file that cannot be read). */
+  private async readAccountsOf(
+    record: MachineRecord,
+    known: MachineRecord | undefined,
+  ): Promise<Pick<MachineRecord, 'innerUsers' | 'innerGroups'>> {
+    const [passwd, group] = await Promise.all([
+      this.host.readAccounts(record.leader, record.rootDirectory, 'passwd'),
+      this.host.readAccounts(record.leader, record.rootDirectory, 'group'),
+    ]);
+    return {
+      innerUsers: this.accountsOr(passwd, record, 'passwd', known?.innerUsers),
+      innerGroups: this.accountsOr(group, record, 'group', known?.innerGroups),
+    };
+  }
+
+  /**
+   * After a resync: every container with its own user namespace gets its passwd and group, read
+   * 16 at a time (asynchronous file reads cost ~0.15 ms of the event loop each: 10,000 machines took
+   * 3 s longer to sync with them; BENCHMARKS.md, bench:scale), and applied in one change. They only
+   * serve enumeration: lookups by id or name never needed them. A record replaced meanwhile (a
+   * refresh, a new registration) read its own.
+   */
+  private async readAccountsAfterSync(records: readonly MachineRecord[]): Promise<void> {
+    const targets = records.filter(
+      (m) =>
+        m.class === 'container' &&
+        m.leaderAlive &&
+        (hasPrivateUserNamespace(m.uidMap) || hasPrivateUserNamespace(m.gidMap)),
+    );
+    const began = Date.now();
+    const read = await mapLimit(targets, this.opts.concurrency, (m) =>
+      this.stopped ? Promise.resolve(undefined) : this.limit(() => this.readAccountsOf(m, m)),
+    );
+    if (this.stopped) return;
+    const patched: MachineRecord[] = [];
+    targets.forEach((m, i) => {
+      const accounts = read[i];
+      if (accounts && this.table.byName(m.name) === m) patched.push({ ...m, ...accounts });
+    });
+    this.table.replaceSome(patched);
+    this.options.logger.info(
+      `read the accounts of ${targets.length} container(s) in ${Date.now() - began} ms`,
+    );
   }
 
   /** A map just read, else the one known before (with a warning once per machine, map and reason). */
@@ -722,12 +837,16 @@ export class Registry {
    * Every round reconciles with ListMachines, then refreshes every machine once, one after the
    * other, spread evenly over the interval. The daemon serves meanwhile: a round done at once (16 at
    * a time) came as a burst of work and garbage whose scavenges and batched replies held DNS answers
-   * for milliseconds at 1,000 machines (BENCHMARKS.md, bench:dns). A round that needs longer than
-   * the interval (tens of thousands of machines) simply runs without pauses, and the next one starts
-   * when it ends.
+   * for milliseconds at 1,000 machines (BENCHMARKS.md, bench:dns). Refreshes are also never closer
+   * than 1/`refreshRate` s: with more machines than interval × rate (1,000 by default), a round
+   * takes N / rate seconds instead (at 10,000 machines, 1,000 calls a second took half a core of
+   * the daemon and 1,000 forks a second of machined: BENCHMARKS.md, bench:scale). The log says when
+   * rounds are stretched, and `mymachinesd list --json` gives the round time.
    */
   private async refreshRounds(): Promise<void> {
     const interval = this.opts.refreshIntervalMs;
+    const closest = 1000 / this.opts.refreshRate;
+    let last = -Infinity; // when the latest refresh began, across rounds
     await this.pauseUntil(Date.now() + interval);
     while (!this.stopped) {
       const began = Date.now();
@@ -736,14 +855,30 @@ export class Registry {
         .all()
         .filter((m) => m.class !== 'host')
         .map((m) => m.name);
-      const gap = interval / Math.max(1, names.length);
+      const gap = Math.max(interval / Math.max(1, names.length), closest);
+      this.noteRoundTime(names.length, gap * names.length);
       for (const [i, name] of names.entries()) {
-        await this.pauseUntil(began + i * gap);
+        await this.pauseUntil(Math.max(began + i * gap, last + closest));
         if (this.stopped) return;
+        last = Date.now();
         await this.refresh(name);
       }
-      await this.pauseUntil(began + interval);
+      await this.pauseUntil(began + Math.max(interval, names.length * gap));
     }
+  }
+
+  /** Says when a round is stretched beyond the interval by the rate bound, and when it no longer is. */
+  private noteRoundTime(machines: number, roundMs: number): void {
+    const stretched = roundMs > this.opts.refreshIntervalMs;
+    this.refreshRoundMs = Math.max(roundMs, this.opts.refreshIntervalMs);
+    if (stretched === this.roundStretched) return;
+    this.roundStretched = stretched;
+    const every = `${Math.round(this.refreshRoundMs / 100) / 10} s`;
+    this.options.logger.info(
+      stretched
+        ? `refresh: ${machines} machines at most ${this.opts.refreshRate} per second (--refresh-rate): each machine's addresses are re-read every ${every}, not every ${this.opts.refreshIntervalMs / 1000} s`
+        : `refresh: each machine's addresses are re-read every ${every} again`,
+    );
   }
 
   /** Resolves at `time` (Date.now() clock), or at once when it has passed or the registry stops. */
@@ -795,9 +930,16 @@ export class Registry {
     }
   }
 
-  /** A leader that died (machined keeps the machine: no systemd told it) loses its maps and addresses. */
-  private scheduleLeaderCheck(): void {
+  /**
+   * A leader that died (machined keeps the machine: no systemd told it) loses its maps and addresses.
+   * Every `LEADER_FULL_CHECK_EVERY`th round reads each leader's start time (a pid reused by another
+   * process); the rounds between only ask whether the pid exists (signal 0), and read the start
+   * time of those that do not: at 10,000 machines the full check every 2 s took 8 % of the daemon's
+   * CPU under DNS load (BENCHMARKS.md, bench:scale), signal 0 about a tenth of that.
+   */
+  private scheduleLeaderCheck(round = 0): void {
     if (this.stopped) return;
+    const full = round % LEADER_FULL_CHECK_EVERY === 0;
     this.leaderTimer = setTimeout(() => {
       void (async () => {
         let slice = performance.now();
@@ -808,6 +950,7 @@ export class Registry {
             await new Promise<void>((resolve) => setImmediate(resolve));
             slice = performance.now();
           }
+          if (!full && this.host.exists?.(m.leader) === true) continue;
           const st = await this.host.startTime(m.leader);
           const expected = this.leaderStarts.get(m.name);
           if (st !== undefined && (expected === undefined || st === expected)) continue;
@@ -823,7 +966,7 @@ export class Registry {
             addressError: 'leader gone',
           });
         }
-      })().finally(() => this.scheduleLeaderCheck());
+      })().finally(() => this.scheduleLeaderCheck(round + 1));
     }, this.opts.leaderCheckIntervalMs);
   }
 
@@ -841,6 +984,9 @@ type HeldEvent =
   | { readonly kind: 'new'; readonly name: string; readonly path: string; readonly seq: number }
   /** The resync could not fetch this machine: fetch it on its own. */
   | { readonly kind: 'retry'; readonly name: string; readonly path: string };
+
+/** When a fetch reads the container's passwd and group: with the rest, or after the resync. */
+type AccountsWhen = 'now' | 'later';
 
 interface ResyncState {
   readonly queue: HeldEvent[];

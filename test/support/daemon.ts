@@ -10,6 +10,7 @@ import type { ChildProcess } from 'node:child_process';
 import { z } from 'zod';
 import { controlMachineSchema, type ControlMachine } from '../../src/daemon/control.js';
 import type { World } from './world.js';
+import { DAEMON_NODE_FLAGS } from '../../src/daemon/heap.js';
 
 export const BIN = fileURLToPath(new URL('../../../bin/mymachinesd', import.meta.url));
 
@@ -47,7 +48,7 @@ export class DaemonHandle {
   ): Promise<DaemonHandle> {
     return DaemonHandle.startCommand(
       world,
-      [...(opts.prefix ?? []), process.execPath, BIN, 'serve', ...args],
+      [...(opts.prefix ?? []), process.execPath, ...DAEMON_NODE_FLAGS, BIN, 'serve', ...args],
       env,
     );
   }
