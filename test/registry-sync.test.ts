@@ -563,3 +563,50 @@ test('[test double] the leader check asks only whether the pid exists between fu
   await until(r.view, (v) => v.byName('testct')?.leaderAlive === false, 2_000);
   t.deepEqual(addressesOf(r.view, 'testct'), []);
 });
+
+test("[test double] refreshes check a container's passwd and group every sixth round only, and at once while it has none", async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.seed([fakeMachine('testct', process.pid, { timestamp: '0' })]);
+  let refreshes = 0;
+  let passwdReads = 0;
+  let readable = false;
+  const host: HostReader = {
+    ...procHost,
+    userNamespace: () => undefined, // maps read on every refresh: one uid_map read = one refresh
+    readIdMap: (_pid, which) => {
+      if (which === 'uid') refreshes++;
+      return Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer: 300000, count: 65536 }] });
+    },
+    readAccounts: (_pid, _root, which) => {
+      if (which === 'passwd') passwdReads++;
+      return Promise.resolve(
+        readable
+          ? {
+              kind: 'ok',
+              accounts: [{ name: which, id: 7 }],
+              source: 'leader-root',
+              leaderRootProblem: undefined,
+            }
+          : { kind: 'unreadable', reason: 'EIO' },
+      );
+    },
+  };
+  const r = registry(fake.busAddress, { host, refreshIntervalMs: 40, settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  await r.whenAccountsRead();
+  t.is(r.view.byName('testct')?.innerUsers, undefined);
+  // none known: every refresh tries again, and the first that can read them applies them
+  const from = { refreshes, passwdReads };
+  readable = true;
+  await until(r.view, (v) => v.byName('testct')?.innerUsers !== undefined, 2_000);
+  t.true(refreshes - from.refreshes <= 2, 'picked up by the next refresh');
+  // known: checked one round in six
+  const known = { refreshes, passwdReads };
+  await new Promise((resolve) => setTimeout(resolve, 1_200));
+  const rounds = refreshes - known.refreshes;
+  const checks = passwdReads - known.passwdReads;
+  t.true(rounds >= 12, `refreshes run (${rounds})`);
+  t.true(checks >= 1 && checks <= rounds / 6 + 1, `${checks} checks in ${rounds} refreshes`);
+});

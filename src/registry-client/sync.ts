@@ -107,6 +107,14 @@ const NAME_OWNER_RULE = matchRule({
  */
 const LEADER_CHECK_SLICE_MS = 0.25;
 
+/**
+ * Every how many refresh rounds a container's passwd and group are checked again (a stat of each,
+ * a read when changed; only enumeration uses them): one in six, a minute with the defaults. At
+ * 10,000 machines these asynchronous file checks were two thirds of the refresh's CPU (BENCHMARKS.md,
+ * bench:scale).
+ */
+const ACCOUNT_ROUNDS = 6;
+
 /** Every how many leader-check rounds each leader's start time is read (see scheduleLeaderCheck). */
 const LEADER_FULL_CHECK_EVERY = 5;
 
@@ -400,7 +408,7 @@ export class Registry {
     const startedAt = new Map<string, number>();
     const fetched = await mapLimit(listing, this.opts.concurrency, (l) => {
       startedAt.set(l.name, this.signalSeq);
-      return this.fetchMachine(l.name, l.path, 'later').catch((err: unknown) => {
+      return this.fetchMachine(l.name, l.path, 'after-sync').catch((err: unknown) => {
         // One machine that cannot be read now does not fail the sync: keep what we knew of it
         // and try it again on its own.
         this.noteError(`machine ${l.name}: ${describe(err)}`);
@@ -475,7 +483,7 @@ export class Registry {
   }
 
   /**
-   * `accounts`: 'later' (a resync) leaves the container's passwd and group to `readAccountsAfterSync`;
+   * `accounts`: 'after-sync' (a resync) leaves the container's passwd and group to `readAccountsAfterSync`;
    * the record meanwhile keeps the accounts read before for the same leader, if any.
    */
   private fetchMachine(name: string, knownPath?: string, accounts: AccountsWhen = 'now'): Promise<Fetched> {
@@ -599,7 +607,8 @@ export class Registry {
         else this.userNamespaces.set(record.name, userns);
       }
       if (hasPrivateUserNamespace(uidMap) || hasPrivateUserNamespace(gidMap)) {
-        if (accounts === 'later') {
+        const knownAccounts = known?.innerUsers !== undefined && known.innerGroups !== undefined;
+        if (accounts === 'after-sync' || (accounts === 'if-missing' && knownAccounts)) {
           innerUsers = known?.innerUsers;
           innerGroups = known?.innerGroups;
         } else ({ innerUsers, innerGroups } = await this.readAccountsOf(record, known));
@@ -785,7 +794,7 @@ export class Registry {
   // ---- freshness --------------------------------------------------------------------------------
 
   /** Re-reads what can change without a signal; coalesced per machine; applied only if changed. */
-  refresh(name: string): Promise<void> {
+  refresh(name: string, accounts: AccountsWhen = 'now'): Promise<void> {
     const running = this.refreshes.get(name);
     if (running) return running;
     const epoch = this.epochs.get(name) ?? 0;
@@ -795,7 +804,7 @@ export class Registry {
       if (!current || !this.client || !this.owner) return;
       let next: MachineRecord;
       try {
-        next = await this.limit(() => this.withHostData(current, current));
+        next = await this.limit(() => this.withHostData(current, current, accounts));
       } catch (err) {
         if (isBusError(err, 'NoSuchMachine')) {
           // removed without our seeing the signal (e.g. while reconnecting)
@@ -841,15 +850,17 @@ export class Registry {
    * than 1/`refreshRate` s: with more machines than interval × rate (1,000 by default), a round
    * takes N / rate seconds instead (at 10,000 machines, 1,000 calls a second took half a core of
    * the daemon and 1,000 forks a second of machined: BENCHMARKS.md, bench:scale). The log says when
-   * rounds are stretched, and `mymachinesd list --json` gives the round time.
+   * rounds are stretched, and `mymachinesd list --json` gives the round time. Every
+   * `ACCOUNT_ROUNDS`th round also checks the containers' passwd and group.
    */
   private async refreshRounds(): Promise<void> {
     const interval = this.opts.refreshIntervalMs;
     const closest = 1000 / this.opts.refreshRate;
     let last = -Infinity; // when the latest refresh began, across rounds
     await this.pauseUntil(Date.now() + interval);
-    while (!this.stopped) {
+    for (let round = 1; !this.stopped; round++) {
       const began = Date.now();
+      const accounts = round % ACCOUNT_ROUNDS === 0 ? 'now' : 'if-missing';
       await this.reconcile();
       const names = this.table
         .all()
@@ -861,7 +872,7 @@ export class Registry {
         await this.pauseUntil(Math.max(began + i * gap, last + closest));
         if (this.stopped) return;
         last = Date.now();
-        await this.refresh(name);
+        await this.refresh(name, accounts);
       }
       await this.pauseUntil(began + Math.max(interval, names.length * gap));
     }
@@ -985,8 +996,12 @@ type HeldEvent =
   /** The resync could not fetch this machine: fetch it on its own. */
   | { readonly kind: 'retry'; readonly name: string; readonly path: string };
 
-/** When a fetch reads the container's passwd and group: with the rest, or after the resync. */
-type AccountsWhen = 'now' | 'later';
+/**
+ * When a fetch or refresh reads the container's passwd and group: 'now'; 'after-sync' (a resync:
+ * `readAccountsAfterSync` reads them); 'if-missing' (a refresh between account rounds: only when the
+ * record has none yet).
+ */
+type AccountsWhen = 'now' | 'after-sync' | 'if-missing';
 
 interface ResyncState {
   readonly queue: HeldEvent[];
