@@ -3,13 +3,14 @@
  * (above any pid_max, so never a real process) stand for containers with a user namespace. Machine
  * i = leader - base gets uid_map and gid_map `0 (i+2)*65536 65536` and its own user namespace, each
  * given after the same /proc read for the daemon's own pid (stat, uid_map, gid_map, ns/user), whose
- * content is discarded, so that the cost of the real reads stays. Accounts are real: /proc/PID/root does not exist for a synthetic
- * leader, so the registry reads the machine's registered RootDirectory, where bench:scale writes
- * an etc/passwd and etc/group per machine (`writeMachineRoots`). Anything else is the real procHost.
+ * content is discarded, so that the cost of the real reads stays. Accounts are real files:
+ * /proc/PID/root does not exist for a synthetic leader, so the machine's registered RootDirectory,
+ * where bench:scale writes an etc/passwd and etc/group per machine (`writeMachineRoots`), is read as
+ * its leader's root would be (until 2026-11-22 the failed /proc read and its warnings came first). Anything else is the real procHost.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { procHost, type HostReader } from '../../src/registry-client/host.js';
+import { AccountFileCache, procHost, type HostReader } from '../../src/registry-client/host.js';
 import type { IdRange } from '../../src/registry-client/view.js';
 
 export const SYNTHETIC_LEADER_BASE = 5_000_000;
@@ -21,6 +22,7 @@ export function syntheticRange(leader: number): IdRange {
 }
 
 const synthetic = (pid: number): boolean => pid >= SYNTHETIC_LEADER_BASE;
+const leaderRoots = new AccountFileCache();
 
 export const syntheticHost: HostReader = {
   async readIdMap(pid, which) {
@@ -39,7 +41,18 @@ export const syntheticHost: HostReader = {
     const real = await procHost.startTime(synthetic(pid) ? process.pid : pid);
     return synthetic(pid) ? 1 : real;
   },
-  readAccounts: (pid, rootDirectory, which) => procHost.readAccounts(pid, rootDirectory, which),
+  // A real leader's /proc/PID/root is the container's root: the files are read there at once (one
+  // hardened, cached read). A synthetic leader has no /proc entry, so its registered root directory
+  // stands in for that path; going through procHost would first fail on /proc/PID/root and warn
+  // twice per machine (20,000 warnings at 10,000 machines), which a real daemon with
+  // CAP_SYS_PTRACE never does.
+  async readAccounts(pid, rootDirectory, which) {
+    if (!synthetic(pid)) return procHost.readAccounts(pid, rootDirectory, which);
+    const read = await leaderRoots.read(rootDirectory, which);
+    return read.kind === 'ok'
+      ? { kind: 'ok', accounts: read.accounts, source: 'leader-root', leaderRootProblem: undefined }
+      : read;
+  },
   links: () => procHost.links(),
   neighbours: (ifindexes) => procHost.neighbours(ifindexes),
 };
