@@ -8,8 +8,8 @@
  * The daemon here is the BENCH-ONLY entry bench/processes/scale-daemon.ts: the daemon's own parts
  * (Registry, userdb, DNS stub) wired as `serve` wires them, with a synthetic source of uid/gid maps
  * (bench/harness/synthetic-host.ts) because 10,000 real user namespaces are too heavy; the /proc
- * reads themselves still happen. One World per size; the daemon is pinned to CPU 0; dnsperf, the
- * userdb load generator, FakeMachined and its dbus-daemon to CPU 1.
+ * reads themselves still happen. One World per size; the daemon is pinned to CPU 0, dnsperf and the
+ * userdb load generator to CPU 1.
  *
  * Anchors measured in the same run: for the first sync, a bare D-Bus client doing the same calls
  * as the registry (ListMachines, then GetAll and GetMachineAddresses per machine, 16 at a time) and
@@ -25,7 +25,7 @@ import { World } from '../test/support/world.js';
 import { dnsperf } from './harness/dnsperf.js';
 import { fakeMachines, machineName, prng, queryLines } from './harness/fixture.js';
 import { describeMachine, REPO, requirePrograms } from './harness/machine.js';
-import { cpuSince, cpuTime, foreignCpu, memory, pin, type Memory } from './harness/processes.js';
+import { cpuSince, cpuTime, foreignCpu, memory, type Memory } from './harness/processes.js';
 import { quietRun, share, untilQuiet } from './harness/quiet.js';
 import { BenchReport } from './harness/report.js';
 import { startDaemon, type DnsUnderTest } from './harness/servers.js';
@@ -103,11 +103,6 @@ function userdbCalls(machines: number, kind: 'uid' | 'name'): string[] {
 
 async function measureSize(n: number, report: BenchReport, largest: boolean): Promise<SizeResult> {
   const fake = await FakeMachinedHandle.start();
-  // The daemon's D-Bus peers (the double and dbus-daemon) answer its polling on the load CPU, so
-  // that CPU 0 measures the daemon alone, its own polling work included. Unpinned, the scheduler
-  // woke them on CPU 0 inside the daemon's bus writes (profile), which at 10,000 machines cost
-  // 11–13 % of its q/s (85k vs 97–111k q/s, BENCHMARKS.md, 2026-11-22).
-  for (const pid of [fake.pid, fake.bus.pid]) if (pid !== undefined) pin(pid, LOAD_CPU);
   const world = await World.create();
   let daemon: DnsUnderTest | undefined;
   try {
@@ -263,7 +258,7 @@ async function main(): Promise<void> {
     results.push(await measureSize(n, report, i === knobs.sizes.length - 1));
 
   report.paragraph(
-    `Setup: FakeMachined (TEST DOUBLE of machined, Node + dbus-next) on a private dbus-daemon, both pinned to CPU ${LOAD_CPU}, seeded with N ` +
+    `Setup: FakeMachined (TEST DOUBLE of machined, Node + dbus-next) on a private dbus-daemon, seeded with N ` +
       `containers (one IPv4 + one IPv6 address each) before the daemon starts. Ours: the BENCH-ONLY entry ` +
       `\`bench/processes/scale-daemon.ts\` (Registry + userdb + DNS stub wired as \`serve\` does, defaults: ` +
       `refresh every 10 s but at most 100 machines a second, leader check every 2 s (start time every fifth), 16 D-Bus fetches at a time) with a synthetic uid/gid map source whose /proc reads ` +
