@@ -121,6 +121,8 @@ async function asRoot(): Promise<void> {
     const leader = lab.machines.get('web1')?.leaderPid ?? 0;
     await show(`ps -o user,group,pid,args -p ${leader}`);
     await show('getent passwd vu-web1-1000 vu-db-105; getent group vg-web1-33');
+    // the containers' own account names are read right after `ready` (logged when applied)
+    await daemon.waitFor(/read the accounts of \d+ container/);
     await show('getent passwd | grep "^vu-"', "enumeration: machined's own userdb cannot list these");
     await show('userdbctl --no-pager -s io.mymachinesd.Machine user vu-web1-0');
     await show('mymachinesd user 200105', 'the CLI asks the userdb socket directly');

@@ -101,7 +101,8 @@ test.serial('the view equals what busctl reports for the five lab machines, maps
     alpha?.networkInterfaces.map((n) => n.name),
     ['ve-alpha'],
   );
-  // the container's own accounts, read through /proc/<leader>/root
+  // the container's own accounts, read through /proc/<leader>/root right after the first sync
+  await probe.waitFor((l) => l.event === 'accounts', { includePast: true });
   t.deepEqual(
     alpha?.innerUsers?.map((u) => u.id),
     [0, 1, 1000, 65534],

@@ -346,6 +346,8 @@ test.serial(
         );
         t.deepEqual((await d.list(CONTROL)).map((m) => m.name).sort(), ['alpha', 'bravo-two'], p.name);
         const ptrace = p.capEff !== '0000000000000000';
+        // the containers' account files are read right after `ready`, and applied in one change
+        await d.waitFor(/read the accounts of 2 container/);
         // alpha's root directory is readable: with or without /proc/PID/root its accounts are found
         t.deepEqual(
           await enumerated(lab.world, 'alpha'),

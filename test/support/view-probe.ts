@@ -3,7 +3,7 @@
  * World (where the machines' links and neighbours are) and wait on its events instead of polling.
  *
  * usage: node view-probe.js BUS_ADDRESS [OPTIONS_JSON]
- * lines: {"event":"ready"|"synced"|"change", "kind"?, "name"?, "t": epoch ms, "view": [...]}
+ * lines: {"event":"ready"|"synced"|"change"|"accounts", "kind"?, "name"?, "t": epoch ms, "view": [...]}
  */
 import { performance } from 'node:perf_hooks';
 import { createLogger } from '../../src/log.js';
@@ -33,7 +33,7 @@ export interface ProbeMachine {
 }
 
 export interface ProbeLine {
-  event: 'ready' | 'synced' | 'change';
+  event: 'ready' | 'synced' | 'change' | 'accounts';
   kind?: ViewChange['kind'];
   name?: string;
   t: number;
@@ -84,6 +84,8 @@ async function main(): Promise<void> {
   registry.onSynced(() => out({ event: 'synced' }));
   await registry.start();
   out({ event: 'ready' });
+  // the containers' passwd and group follow the first sync in one change
+  void registry.whenAccountsRead().then(() => out({ event: 'accounts' }));
   const stop = (): void => {
     void registry.stop().then(() => process.exit(0));
   };
