@@ -107,21 +107,7 @@ export class DaemonHandle {
 
   /** The first line matching `re` from line number `from` on (0: any line so far), or the next one. */
   waitFor(re: RegExp, timeoutMs = 15_000, from = 0): Promise<string> {
-    const seen = this.lines.slice(from).find((l) => re.test(l));
-    if (seen !== undefined) return Promise.resolve(seen);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error(`no log line ${String(re)}:\n${this.lines.join('\n')}`)),
-        timeoutMs,
-      );
-      this.waiters.push({
-        re,
-        resolve: (line) => {
-          clearTimeout(timer);
-          resolve(line);
-        },
-      });
-    });
+    return this.waitForAfter(from, re, timeoutMs);
   }
 
   /** The real `HOST:PORT` of the first DNS listener of a transport, from its log line. */
