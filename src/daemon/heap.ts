@@ -18,7 +18,8 @@ export function limitHeapGrowth(): void {
 /**
  * Node flags every daemon launch carries (bin/mymachinesd's `#!/usr/bin/env -S node …` line, and the
  * test and bench harnesses that start `process.execPath bin/mymachinesd`). A young generation of
- * 2 × 4 MiB instead of up to 2 × 16 MiB: at 10,000 machines RSS after DNS load went from 206–227 MB
- * to 179–191 MB (BENCHMARKS.md, bench:scale); V8 reads it only when the process starts.
+ * 2 × 4 MiB instead of up to 2 × 16 MiB: at 10,000 machines RSS after DNS load was about 26 MiB
+ * lower (206 → 179 and 201 → 174 MiB in two back-to-back pairs; BENCHMARKS.md, bench:scale). V8
+ * reads it only when the process starts.
  */
 export const DAEMON_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=4'];

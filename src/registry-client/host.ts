@@ -334,8 +334,8 @@ const accountFiles = new AccountFileCache();
 
 /**
  * What changes whenever a file's content may have: ctime cannot be set from user space. Numbers, not
- * a string: 20,000 signatures built as template strings held 25 MB of concatenated strings at 10,000
- * containers (a heap snapshot, BENCHMARKS.md, bench:scale).
+ * a string: 20,000 signatures built as template strings held about 17 MB at 10,000 containers
+ * (12 MB of concatenated strings and the number strings in them; a heap snapshot, BENCHMARKS.md).
  */
 interface FileSignature {
   readonly dev: number;
