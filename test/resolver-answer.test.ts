@@ -1,5 +1,5 @@
 import test from 'ava';
-import { answer, type Transport } from '../src/resolver/answer.js';
+import { answer, EXACT_QUERY_MAX, type Transport } from '../src/resolver/answer.js';
 import { parseNet, type Net } from '../src/resolver/nets.js';
 import { compileZone, type Zone, type ZonePolicy } from '../src/resolver/zone.js';
 import { MachineTable } from '../src/registry-client/registry.js';
@@ -430,6 +430,59 @@ test("a kept answer still echoes each asker's ID, case and RD bit", (t) => {
   t.false(second.rd);
   t.true(second.cd);
   t.deepEqual(second.answers, ['ALPHA.machine 0 A 192.0.2.10', 'ALPHA.machine 0 A 198.51.100.7']);
+});
+
+test('a repeated UDP query is answered from its exact bytes, with its own ID', (t) => {
+  const z = makeZone();
+  const first = answer(query('alpha.machine', 'A', { id: 1 }), z, 'udp');
+  const repeat = answer(query('alpha.machine', 'A', { id: 2 }), z, 'udp');
+  if (typeof first === 'string' || typeof repeat === 'string') return t.fail('expected bytes');
+  t.is(z.replies.size, 1, 'one entry for the two queries, which differ only in their ID');
+  t.is(repeat.readUInt16BE(0), 2);
+  t.deepEqual(repeat.subarray(2), first.subarray(2));
+  // The entry is what answers: a planted response comes back with the asker's ID.
+  const [key] = [...z.replies.keys()];
+  if (key === undefined) return t.fail('no entry');
+  z.replies.set(key, Buffer.from([0, 0, 0x81, 0x83, 0, 0, 0, 0, 0, 0, 0, 0]));
+  const planted = answer(query('alpha.machine', 'A', { id: 3 }), z, 'udp');
+  t.deepEqual(planted, Buffer.from([0, 3, 0x81, 0x83, 0, 0, 0, 0, 0, 0, 0, 0]));
+});
+
+test('exact-bytes entries keep case, flags and EDNS apart, and collision picks stay exact', (t) => {
+  const z = makeZone();
+  t.deepEqual(ask(z, 'alpha.machine', 'A').answers, [
+    'alpha.machine 0 A 192.0.2.10',
+    'alpha.machine 0 A 198.51.100.7',
+  ]);
+  t.deepEqual(ask(z, 'ALPHA.machine', 'A').answers, [
+    'ALPHA.machine 0 A 192.0.2.10',
+    'ALPHA.machine 0 A 198.51.100.7',
+  ]);
+  t.false(ask(z, 'alpha.machine', 'A', { rd: false }).rd);
+  t.true(ask(z, 'alpha.machine', 'A').rd);
+  t.not(ask(z, 'alpha.machine', 'A', { edns: {} }).opt, undefined);
+  t.is(z.replies.size, 4);
+  for (let i = 0; i < 2; i++) {
+    t.deepEqual(ask(z, 'Web.machine', 'A').answers, ['Web.machine 0 A 192.0.2.21']);
+    t.deepEqual(ask(z, 'web.machine', 'A').answers, ['web.machine 0 A 192.0.2.22']);
+    t.is(ask(z, 'wEb.machine', 'A').rcode, RCODE.SERVFAIL);
+  }
+});
+
+test('exact-bytes entries: UDP only, short queries only, bounded by the answer limit', (t) => {
+  const z = makeZone();
+  ask(z, 'alpha.machine', 'A', {}, 'tcp');
+  t.is(z.replies.size, 0, 'TCP takes the parsed path');
+  const long = { edns: { options: [{ code: 65001, data: Buffer.alloc(EXACT_QUERY_MAX) }] } };
+  t.is(ask(z, 'alpha.machine', 'A', long).rcode, RCODE.NOERROR);
+  t.is(z.replies.size, 0, `a query over ${EXACT_QUERY_MAX} bytes is not kept`);
+  const small: Zone = { ...z, replies: new Map(), answerLimit: 2 };
+  for (const name of ['alpha.machine', 'web.machine', 'nope.machine', 'alpha.machine']) ask(small, name, 'A');
+  t.true(small.replies.size <= 2);
+  t.deepEqual(ask(small, 'alpha.machine', 'A').answers, [
+    'alpha.machine 0 A 192.0.2.10',
+    'alpha.machine 0 A 198.51.100.7',
+  ]);
 });
 
 test('includeLinkLocal puts link-local addresses into answers and PTR', (t) => {

@@ -105,10 +105,41 @@ const NOTIMP: Outcome = { kind: 'notimp' };
 const FORWARD = 'forward';
 
 /**
+ * Longest UDP query whose whole response is kept by its exact bytes. Plain questions are 17–70
+ * bytes (name, OPT, a client cookie); longer ones take the parsed path every time.
+ */
+export const EXACT_QUERY_MAX = 128;
+
+/**
  * Answers one query. `transport` sets the size limit: for UDP the client's EDNS size within
  * [512, 1232] (512 without EDNS), for TCP 65535.
+ *
+ * UDP first looks the query up by its exact bytes after the ID in `zone.replies`: the response is a
+ * function of those bytes and the zone alone (this function keeps no other state and reads no
+ * clock), so a client repeating a question gets the kept response with its own ID, without parsing.
+ * A query differing in any byte, its name's case or an EDNS option included, is a different entry.
  */
 export function answer(query: Buffer, zone: Zone, transport: Transport): Reply {
+  if (transport !== 'udp' || query.length > EXACT_QUERY_MAX || query.length <= HEADER_SIZE)
+    return answerParsed(query, zone, transport);
+  const exact = query.toString('latin1', 2);
+  const kept = zone.replies.get(exact);
+  if (kept !== undefined) {
+    const out = Buffer.allocUnsafe(kept.length);
+    out.set(kept);
+    out[0] = query[0] ?? 0;
+    out[1] = query[1] ?? 0;
+    return out;
+  }
+  const reply = answerParsed(query, zone, transport);
+  if (typeof reply !== 'string') {
+    if (zone.replies.size >= zone.answerLimit) zone.replies.clear();
+    zone.replies.set(exact, Buffer.from(reply));
+  }
+  return reply;
+}
+
+function answerParsed(query: Buffer, zone: Zone, transport: Transport): Reply {
   const status = parseQuery(query, fields);
   switch (status) {
     case 'ok':

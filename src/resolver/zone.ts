@@ -86,7 +86,12 @@ export interface Zone {
    * (a new zone) invalidates it as a whole.
    */
   readonly answers: Map<string, Buffer>;
-  /** How many answers `answers` may hold before it is cleared (`answerCacheLimit`). */
+  /**
+   * Whole UDP responses by the query's exact bytes after its ID (see `answer.ts`): a repeated query
+   * costs one string and one map lookup. Same lifetime and limit as `answers`.
+   */
+  readonly replies: Map<string, Buffer>;
+  /** How many entries `answers` and `replies` may each hold before it is cleared (`answerCacheLimit`). */
   readonly answerLimit: number;
 }
 
@@ -203,6 +208,7 @@ export class ZoneCompiler {
       collisions,
       skipped,
       answers: new Map(),
+      replies: new Map(),
       answerLimit: answerCacheLimit(nodes.size),
     };
   }
