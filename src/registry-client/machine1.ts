@@ -29,6 +29,12 @@ const stringMap = z.array(z.tuple([str, str])).or(z.record(str, str));
 const addressList = z.array(z.tuple([i32, bytes]));
 const machineList = z.array(z.tuple([str, str, str, str]));
 const imageList = z.array(z.tuple([str, str, z.boolean(), u64, u64, u64, str]));
+// Reply schemas of the frequent calls, built once: building a zod schema costs more than using it.
+const pathReply = z.tuple([str]);
+const addressReply = z.tuple([addressList]);
+const machineListReply = z.tuple([machineList]);
+const propertiesReply = z.tuple([z.record(str, z.instanceof(Variant))]);
+const signalBody = z.tuple([str, str]);
 
 /** One entry of `ListMachines`: (name, class, service, object path). */
 export interface MachineListing {
@@ -98,7 +104,7 @@ export const MACHINE1_SIGNAL_RULES: readonly string[] = ['MachineNew', 'MachineR
 export function parseMachine1Signal(signal: BusSignal): Machine1Signal | undefined {
   if (signal.path !== MACHINE1_PATH || signal.interface !== MANAGER_INTERFACE) return undefined;
   if (signal.member !== 'MachineNew' && signal.member !== 'MachineRemoved') return undefined;
-  const body = z.tuple([str, str]).safeParse(signal.body);
+  const body = signalBody.safeParse(signal.body);
   if (!body.success) return undefined;
   return { kind: signal.member, name: body.data[0], path: body.data[1] };
 }
@@ -133,7 +139,7 @@ export class Machine1Client {
   // ---- Manager: machines ----------------------------------------------------------------------
 
   async getMachine(name: string, opts?: Machine1CallOptions): Promise<string> {
-    return (await this.manager('GetMachine', 's', [name], z.tuple([str]), opts))[0];
+    return (await this.manager('GetMachine', 's', [name], pathReply, opts))[0];
   }
 
   async getMachineByPID(pid: number, opts?: Machine1CallOptions): Promise<string> {
@@ -141,7 +147,7 @@ export class Machine1Client {
   }
 
   async listMachines(opts?: Machine1CallOptions): Promise<MachineListing[]> {
-    const [list] = await this.manager('ListMachines', '', [], z.tuple([machineList]), opts);
+    const [list] = await this.manager('ListMachines', '', [], machineListReply, opts);
     return list.map(([name, cls, service, path]) => ({ name, class: cls, service, path }));
   }
 
@@ -210,7 +216,7 @@ export class Machine1Client {
   }
 
   async getMachineAddresses(name: string, opts?: Machine1CallOptions): Promise<RawAddress[]> {
-    const [list] = await this.manager('GetMachineAddresses', 's', [name], z.tuple([addressList]), opts);
+    const [list] = await this.manager('GetMachineAddresses', 's', [name], addressReply, opts);
     return list.map(([family, b]) => ({ family, bytes: b }));
   }
 
@@ -401,15 +407,7 @@ export class Machine1Client {
   }
 
   async machineGetAddresses(path: string, opts?: Machine1CallOptions): Promise<RawAddress[]> {
-    const [list] = await this.call(
-      path,
-      MACHINE_INTERFACE,
-      'GetAddresses',
-      '',
-      [],
-      z.tuple([addressList]),
-      opts,
-    );
+    const [list] = await this.call(path, MACHINE_INTERFACE, 'GetAddresses', '', [], addressReply, opts);
     return list.map(([family, b]) => ({ family, bytes: b }));
   }
 
@@ -521,7 +519,7 @@ export class Machine1Client {
       'GetAll',
       's',
       [iface],
-      z.tuple([z.record(str, z.instanceof(Variant))]),
+      propertiesReply,
       opts,
     );
     const values: Record<string, unknown> = {};

@@ -292,7 +292,10 @@ export class Registry {
       this.owner = await conn.getNameOwner(MACHINE1_NAME);
       this.reconnectDelay = this.opts.reconnectMinMs;
       log.info(
-        `connected to ${this.options.busAddress}; machined ${this.owner ? `is ${this.owner}` : 'is not running'}`,
+        `connected to ${this.options.busAddress}; machined ${this.owner ? `is ${this.owner}` : 'is not running'}` +
+          (conn.directCallsError === undefined
+            ? ''
+            : `; every call through dbus-next (lean call connection: ${conn.directCallsError})`),
       );
       await this.resyncNow();
     } catch (err) {

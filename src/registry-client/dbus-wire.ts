@@ -1,0 +1,449 @@
+/**
+ * The D-Bus wire format for the method calls the registry makes most: a method call with a body of
+ * strings and integers out, any reply in. dbus-next's generic marshaller costs about 0.1–0.25 ms of
+ * CPU per call (it builds each message from small buffers and converts every reply twice), which at
+ * 10,000 machines made the first sync and the address refresh CPU-bound in our process
+ * (BENCHMARKS.md); this codec does the same in a few µs. Values come out in dbus-next's shapes, so the
+ * callers' zod schemas do not care which path a reply took: `t`/`x` as bigint, `ay` as Buffer, a
+ * dict as a plain object, a variant as dbus-next's `Variant`, a struct as an array.
+ *
+ * Little-endian messages are written; both byte orders are read. Unix fds (`h`) are not supported.
+ * Specification: https://dbus.freedesktop.org/doc/dbus-specification.html#message-protocol
+ */
+import { Variant } from '@particle/dbus-next';
+
+export const MessageKind = { METHOD_CALL: 1, METHOD_RETURN: 2, ERROR: 3, SIGNAL: 4 } as const;
+export const NO_AUTO_START = 0x2;
+/** The specification's limit on a whole message. */
+export const MAX_MESSAGE = 134_217_728;
+
+const FIELD = {
+  PATH: 1,
+  INTERFACE: 2,
+  MEMBER: 3,
+  ERROR_NAME: 4,
+  REPLY_SERIAL: 5,
+  DESTINATION: 6,
+  SIGNATURE: 8,
+};
+
+export class WireError extends Error {
+  override readonly name = 'WireError';
+}
+
+// ---- writing ------------------------------------------------------------------------------------
+
+/** The argument types `encodeCall` writes: what the registry's frequent calls carry. */
+const WRITABLE = /^[soiub]*$/;
+
+/** True when `signature` and `body` can be written by `encodeCall`. */
+export function canEncode(signature: string, body: readonly unknown[]): boolean {
+  if (!WRITABLE.test(signature) || body.length !== signature.length) return false;
+  for (let i = 0; i < body.length; i++) {
+    const v = body[i];
+    switch (signature[i]) {
+      case 's':
+      case 'o':
+        if (typeof v !== 'string') return false;
+        break;
+      case 'i':
+        if (!Number.isInteger(v) || (v as number) < -0x80000000 || (v as number) > 0x7fffffff) return false;
+        break;
+      case 'u':
+        if (!Number.isInteger(v) || (v as number) < 0 || (v as number) > 0xffffffff) return false;
+        break;
+      case 'b':
+        if (typeof v !== 'boolean') return false;
+        break;
+      case undefined:
+      default:
+        return false;
+    }
+  }
+  return true;
+}
+
+export interface CallHeader {
+  readonly serial: number;
+  readonly destination: string;
+  readonly path: string;
+  readonly interface: string;
+  readonly member: string;
+  readonly signature: string;
+  readonly flags: number;
+}
+
+/** A little-endian METHOD_CALL; `body` must pass `canEncode(signature, body)`. */
+export function encodeCall(h: CallHeader, body: readonly unknown[]): Buffer {
+  const w = new Writer();
+  w.bytes(0x6c, MessageKind.METHOD_CALL, h.flags, 1);
+  w.u32(0); // body length, patched below
+  w.u32(h.serial);
+  w.u32(0); // header field array length, patched below
+  const fieldsStart = w.off;
+  w.field(FIELD.PATH, 'o', h.path);
+  w.field(FIELD.INTERFACE, 's', h.interface);
+  w.field(FIELD.MEMBER, 's', h.member);
+  w.field(FIELD.DESTINATION, 's', h.destination);
+  if (h.signature !== '') w.field(FIELD.SIGNATURE, 'g', h.signature);
+  const fieldsLength = w.off - fieldsStart;
+  w.align(8);
+  const bodyStart = w.off;
+  for (let i = 0; i < body.length; i++) {
+    const v = body[i];
+    switch (h.signature[i]) {
+      case 's':
+      case 'o':
+        w.string(v as string);
+        break;
+      case 'i':
+        w.align(4);
+        w.buf.writeInt32LE(v as number, w.off);
+        w.off += 4;
+        break;
+      case 'u':
+        w.u32(v as number);
+        break;
+      case 'b':
+        w.u32(v === true ? 1 : 0);
+        break;
+      case undefined:
+      default:
+        throw new WireError(`cannot write signature ${h.signature}`);
+    }
+  }
+  const out = w.done();
+  out.writeUInt32LE(out.length - bodyStart, 4);
+  out.writeUInt32LE(fieldsLength, 12);
+  return out;
+}
+
+class Writer {
+  buf = Buffer.alloc(256);
+  off = 0;
+
+  private room(n: number): void {
+    if (this.off + n <= this.buf.length) return;
+    const bigger = Buffer.alloc(Math.max(this.buf.length * 2, this.off + n));
+    this.buf.copy(bigger, 0, 0, this.off);
+    this.buf = bigger;
+  }
+
+  /** Pads with zero bytes (the bus rejects messages with other padding). */
+  align(n: number): void {
+    const pad = (n - (this.off % n)) % n;
+    this.room(pad);
+    this.buf.fill(0, this.off, this.off + pad);
+    this.off += pad;
+  }
+
+  bytes(...values: number[]): void {
+    this.room(values.length);
+    for (const v of values) this.buf[this.off++] = v;
+  }
+
+  u32(v: number): void {
+    this.align(4);
+    this.room(4);
+    this.buf.writeUInt32LE(v, this.off);
+    this.off += 4;
+  }
+
+  string(v: string): void {
+    const length = Buffer.byteLength(v);
+    this.u32(length);
+    this.room(length + 1);
+    this.buf.write(v, this.off, 'utf8');
+    this.off += length;
+    this.buf[this.off++] = 0;
+  }
+
+  field(code: number, type: 's' | 'o' | 'g', value: string): void {
+    this.align(8);
+    this.bytes(code, 1, type.charCodeAt(0), 0);
+    if (type === 'g') {
+      this.bytes(value.length);
+      this.room(value.length + 1);
+      this.buf.write(value, this.off, 'latin1');
+      this.off += value.length;
+      this.buf[this.off++] = 0;
+    } else this.string(value);
+  }
+
+  done(): Buffer {
+    return this.buf.subarray(0, this.off);
+  }
+}
+
+// ---- reading ------------------------------------------------------------------------------------
+
+/** A received message, with the header fields replies and errors need. */
+export interface WireMessage {
+  readonly kind: number;
+  readonly serial: number;
+  readonly replySerial: number;
+  readonly errorName: string;
+  readonly signature: string;
+  readonly body: Buffer;
+  readonly littleEndian: boolean;
+}
+
+/**
+ * Splits a byte stream into messages. `push` returns every complete message so far; a malformed
+ * header throws WireError (the stream cannot be resynchronised after that).
+ */
+export class MessageReader {
+  private pending: Buffer[] = [];
+  private pendingLength = 0;
+
+  push(chunk: Buffer): WireMessage[] {
+    this.pending.push(chunk);
+    this.pendingLength += chunk.length;
+    const out: WireMessage[] = [];
+    let buf = this.pending.length === 1 ? chunk : Buffer.concat(this.pending, this.pendingLength);
+    let off = 0;
+    for (;;) {
+      const total = messageLength(buf, off);
+      if (total === undefined || buf.length - off < total) break;
+      out.push(decodeHeader(buf.subarray(off, off + total)));
+      off += total;
+    }
+    buf = buf.subarray(off);
+    this.pending = buf.length > 0 ? [buf] : [];
+    this.pendingLength = buf.length;
+    return out;
+  }
+}
+
+/** The whole length of the message starting at `off`, or undefined while its fixed header is incomplete. */
+function messageLength(buf: Buffer, off: number): number | undefined {
+  if (buf.length - off < 16) return undefined;
+  const endian = buf[off];
+  if (endian !== 0x6c && endian !== 0x42) throw new WireError(`bad endianness byte ${String(endian)}`);
+  if (buf[off + 3] !== 1) throw new WireError(`unsupported protocol version ${String(buf[off + 3])}`);
+  const le = endian === 0x6c;
+  const bodyLength = le ? buf.readUInt32LE(off + 4) : buf.readUInt32BE(off + 4);
+  const fieldsLength = le ? buf.readUInt32LE(off + 12) : buf.readUInt32BE(off + 12);
+  const total = 16 + fieldsLength + pad8(16 + fieldsLength) + bodyLength;
+  if (total > MAX_MESSAGE) throw new WireError(`message of ${total} bytes`);
+  return total;
+}
+
+function pad8(n: number): number {
+  return (8 - (n % 8)) % 8;
+}
+
+function decodeHeader(msg: Buffer): WireMessage {
+  const le = msg[0] === 0x6c;
+  const r = new Reader(msg, le);
+  r.off = 1;
+  const kind = r.byte();
+  r.off = 8;
+  const serial = r.u32();
+  const fieldsLength = r.u32();
+  const fieldsEnd = 16 + fieldsLength;
+  let replySerial = 0;
+  let errorName = '';
+  let signature = '';
+  while (r.off < fieldsEnd) {
+    r.align(8);
+    if (r.off >= fieldsEnd) break;
+    const code = r.byte();
+    const v: unknown = r.variant().value;
+    if (code === FIELD.REPLY_SERIAL && typeof v === 'number') replySerial = v;
+    else if (code === FIELD.ERROR_NAME && typeof v === 'string') errorName = v;
+    else if (code === FIELD.SIGNATURE && typeof v === 'string') signature = v;
+  }
+  if (r.off !== fieldsEnd) throw new WireError('header fields overrun their length');
+  const bodyStart = fieldsEnd + pad8(fieldsEnd);
+  return { kind, serial, replySerial, errorName, signature, body: msg.subarray(bodyStart), littleEndian: le };
+}
+
+/** The body's values in dbus-next's shapes; throws WireError on a malformed body. */
+export function decodeBody(msg: WireMessage): unknown[] {
+  const r = new Reader(msg.body, msg.littleEndian);
+  const types = parseSignature(msg.signature);
+  const out = types.map((t) => r.value(t));
+  if (r.off !== msg.body.length) throw new WireError('body longer than its signature');
+  return out;
+}
+
+// A parsed signature: one node per complete type.
+interface TypeNode {
+  readonly code: string;
+  readonly children: readonly TypeNode[];
+  /** The signature text of this type (for variants). */
+  readonly text: string;
+}
+
+const signatureCache = new Map<string, readonly TypeNode[]>();
+const BASIC = 'ybnqiuxtdsogh';
+
+export function parseSignature(signature: string): readonly TypeNode[] {
+  const cached = signatureCache.get(signature);
+  if (cached) return cached;
+  if (signature.length > 255) throw new WireError('signature over 255 characters');
+  const out: TypeNode[] = [];
+  let i = 0;
+  const one = (depth: number): TypeNode => {
+    if (depth > 64) throw new WireError('signature nested too deeply');
+    const start = i;
+    const c = signature[i++];
+    if (c === undefined) throw new WireError(`incomplete signature ${signature}`);
+    if (BASIC.includes(c) || c === 'v') return { code: c, children: [], text: c };
+    if (c === 'a') {
+      const child = one(depth + 1);
+      return { code: 'a', children: [child], text: signature.slice(start, i) };
+    }
+    if (c === '(' || c === '{') {
+      const close = c === '(' ? ')' : '}';
+      const children: TypeNode[] = [];
+      while (signature[i] !== close) children.push(one(depth + 1));
+      i++;
+      const first = children[0];
+      if (
+        children.length === 0 ||
+        (c === '{' && (children.length !== 2 || !first || !BASIC.includes(first.code)))
+      )
+        throw new WireError(`bad container in signature ${signature}`);
+      return { code: c, children, text: signature.slice(start, i) };
+    }
+    throw new WireError(`bad type code ${c} in signature ${signature}`);
+  };
+  while (i < signature.length) out.push(one(0));
+  if (signatureCache.size < 256) signatureCache.set(signature, out);
+  return out;
+}
+
+const ALIGN: Readonly<Record<string, number>> = {
+  y: 1, b: 4, n: 2, q: 2, i: 4, u: 4, x: 8, t: 8, d: 8, s: 4, o: 4, g: 1, h: 4, a: 4, '(': 8, '{': 8, v: 1,
+}; // prettier-ignore
+
+class Reader {
+  off = 0;
+  constructor(
+    private readonly buf: Buffer,
+    private readonly le: boolean,
+  ) {}
+
+  private need(n: number): void {
+    if (this.off + n > this.buf.length) throw new WireError('value runs past the end of the message');
+  }
+
+  align(n: number): void {
+    this.off += (n - (this.off % n)) % n;
+    if (this.off > this.buf.length) throw new WireError('padding runs past the end of the message');
+  }
+
+  byte(): number {
+    this.need(1);
+    return this.buf[this.off++] ?? 0;
+  }
+
+  u32(): number {
+    this.align(4);
+    this.need(4);
+    const v = this.le ? this.buf.readUInt32LE(this.off) : this.buf.readUInt32BE(this.off);
+    this.off += 4;
+    return v;
+  }
+
+  private text(length: number): string {
+    this.need(length + 1);
+    const s = this.buf.toString('utf8', this.off, this.off + length);
+    if (this.buf[this.off + length] !== 0) throw new WireError('string without its terminating nul');
+    this.off += length + 1;
+    return s;
+  }
+
+  variant(): Variant {
+    const signature = this.text(this.byte());
+    const [type, ...rest] = parseSignature(signature);
+    if (!type || rest.length > 0) throw new WireError(`variant signature ${signature} is not one type`);
+    return new Variant(signature, this.value(type));
+  }
+
+  value(t: TypeNode): unknown {
+    const b = this.buf;
+    this.align(ALIGN[t.code] ?? 1);
+    switch (t.code) {
+      case 'y':
+        return this.byte();
+      case 'b':
+        return this.u32() !== 0;
+      case 'n':
+        this.need(2);
+        this.off += 2;
+        return this.le ? b.readInt16LE(this.off - 2) : b.readInt16BE(this.off - 2);
+      case 'q':
+        this.need(2);
+        this.off += 2;
+        return this.le ? b.readUInt16LE(this.off - 2) : b.readUInt16BE(this.off - 2);
+      case 'i':
+        this.need(4);
+        this.off += 4;
+        return this.le ? b.readInt32LE(this.off - 4) : b.readInt32BE(this.off - 4);
+      case 'u':
+        return this.u32();
+      case 'x':
+        this.need(8);
+        this.off += 8;
+        return this.le ? b.readBigInt64LE(this.off - 8) : b.readBigInt64BE(this.off - 8);
+      case 't':
+        this.need(8);
+        this.off += 8;
+        return this.le ? b.readBigUInt64LE(this.off - 8) : b.readBigUInt64BE(this.off - 8);
+      case 'd':
+        this.need(8);
+        this.off += 8;
+        return this.le ? b.readDoubleLE(this.off - 8) : b.readDoubleBE(this.off - 8);
+      case 's':
+      case 'o':
+        return this.text(this.u32());
+      case 'g':
+        return this.text(this.byte());
+      case 'v':
+        return this.variant();
+      case '(':
+        return t.children.map((c) => this.value(c));
+      case 'a':
+        return this.array(t);
+      default:
+        throw new WireError(`cannot read type ${t.code}`);
+    }
+  }
+
+  private array(t: TypeNode): unknown {
+    const length = this.u32();
+    if (length > 67_108_864) throw new WireError(`array of ${length} bytes`);
+    const element = t.children[0];
+    if (!element) throw new WireError('array without element type');
+    this.align(ALIGN[element.code] ?? 1);
+    const end = this.off + length;
+    this.need(length);
+    if (element.code === 'y') {
+      this.off = end;
+      // A copy: a view would keep the whole received chunk alive for as long as the value lives.
+      return Buffer.from(this.buf.subarray(end - length, end));
+    }
+    if (element.code === '{') {
+      const [keyType, valueType] = element.children;
+      if (!keyType || !valueType) throw new WireError('dict entry without key or value');
+      const dict: Record<string, unknown> = {};
+      while (this.off < end) {
+        this.align(8);
+        const key = String(this.value(keyType));
+        const value = this.value(valueType);
+        if (key === '__proto__')
+          Object.defineProperty(dict, key, { value, enumerable: true, writable: true });
+        else dict[key] = value;
+      }
+      if (this.off !== end) throw new WireError('dict overruns its length');
+      return dict;
+    }
+    const out: unknown[] = [];
+    while (this.off < end) out.push(this.value(element));
+    if (this.off !== end) throw new WireError('array overruns its length');
+    return out;
+  }
+}
