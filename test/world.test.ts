@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import { startTime } from './support/world.js';
+import { startTime, World } from './support/world.js';
 
 const ORPHAN_JS = fileURLToPath(new URL('./support/world-orphan.js', import.meta.url));
 
@@ -43,4 +43,13 @@ test('a test process killed without dispose(): its World stops what it started a
     'the holder of the namespaces exited',
   );
   t.true(await until(() => Promise.resolve(!existsSync(world.dir)), 10_000), `${world.dir} was removed`);
+});
+
+test('a World whose holder cannot start (a file to replace that does not exist) fails and leaves no directory', async (t) => {
+  const err = await t.throwsAsync(World.create({ files: { '/nonexistent-mmd-test/conf': 'x' } }), {
+    message: /world holder/,
+  });
+  const dir = /its directory (\S+) removed/.exec(err?.message ?? '')?.[1];
+  t.truthy(dir, err?.message);
+  t.false(existsSync(dir ?? ''), `${dir ?? ''} is gone`);
 });

@@ -196,15 +196,24 @@ export class MessageReader {
   private pending: Buffer[] = [];
   private pendingLength = 0;
 
+  /** Length of the message being received, once its fixed header is in (no concatenation before). */
+  private awaited = 0;
+
   push(chunk: Buffer): WireMessage[] {
     this.pending.push(chunk);
     this.pendingLength += chunk.length;
+    if (this.pendingLength < this.awaited) return [];
     const out: WireMessage[] = [];
     let buf = this.pending.length === 1 ? chunk : Buffer.concat(this.pending, this.pendingLength);
     let off = 0;
+    this.awaited = 0;
     for (;;) {
       const total = messageLength(buf, off);
-      if (total === undefined || buf.length - off < total) break;
+      if (total === undefined) break;
+      if (buf.length - off < total) {
+        this.awaited = total;
+        break;
+      }
       out.push(decodeHeader(buf.subarray(off, off + total)));
       off += total;
     }

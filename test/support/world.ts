@@ -146,7 +146,22 @@ export class World {
       );
       holder.once('exit', (code) => reject(new Error(`world holder exited (${code}): ${stderr.join('')}`)));
     });
-    await ready;
+    try {
+      await ready;
+    } catch (err) {
+      // The holder never got ready (a bind target missing, say): no janitor watches this World yet.
+      // Once the holder is gone its mount namespace is gone too, so removing the directory from
+      // here cannot reach into anything bound inside it.
+      if (holder.exitCode === null && holder.signalCode === null) {
+        const exited = once(holder, 'exit');
+        holder.kill('SIGKILL');
+        await exited;
+      }
+      await rm(dir, { recursive: true, force: true });
+      throw new Error(`${err instanceof Error ? err.message : String(err)} (its directory ${dir} removed)`, {
+        cause: err,
+      });
+    }
     if (holder.pid === undefined) throw new Error('world holder has no pid');
     const janitor = spawn('sh', ['-c', JANITOR_SCRIPT], {
       env: {
