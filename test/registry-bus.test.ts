@@ -5,15 +5,19 @@
  * end behave as dbus-next's path does. The real machined 252 is followed over the same path by
  * test/registry-machined.test.ts and the *-machined-live tests.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { BusConnection, isBusError } from '../src/registry-client/bus.js';
 import { CallChannel } from '../src/registry-client/dbus-channel.js';
 import { MACHINE1_SIGNAL_RULES, Machine1Client } from '../src/registry-client/machine1.js';
 import { FakeMachinedHandle } from './support/fake.js';
 import { fakeMachine } from './support/fake-machined.js';
 
-async function setup(): Promise<{ fake: FakeMachinedHandle; direct: BusConnection; generic: BusConnection }> {
+/** The double with two machines, a connection of each kind; all closed when the test ends. */
+async function setup(
+  t: ExecutionContext,
+): Promise<{ fake: FakeMachinedHandle; direct: BusConnection; generic: BusConnection }> {
   const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
   await fake.seed([
     fakeMachine('alpha', process.pid, {
       addresses: [
@@ -27,7 +31,9 @@ async function setup(): Promise<{ fake: FakeMachinedHandle; direct: BusConnectio
     fakeMachine('bravo-two', process.pid, { addresses: 'NoPrivateNetworking' }),
   ]);
   const direct = await BusConnection.open(fake.busAddress);
+  t.teardown(() => direct.close());
   const generic = await BusConnection.open(fake.busAddress, { directCalls: false });
+  t.teardown(() => generic.close());
   return { fake, direct, generic };
 }
 
@@ -38,12 +44,7 @@ function channelOf(conn: BusConnection): CallChannel {
 }
 
 test('[test double] the registry calls take the lean connection and return what dbus-next returns', async (t) => {
-  const { fake, direct, generic } = await setup();
-  t.teardown(async () => {
-    direct.close();
-    generic.close();
-    await fake.stop();
-  });
+  const { direct, generic } = await setup(t);
   t.true(direct.directCalls);
   t.false(generic.directCalls);
   t.is(generic.directCallsError, 'turned off');
@@ -72,12 +73,7 @@ test('[test double] the registry calls take the lean connection and return what 
 });
 
 test('[test double] errors over the lean connection are the BusErrors dbus-next gives', async (t) => {
-  const { fake, direct, generic } = await setup();
-  t.teardown(async () => {
-    direct.close();
-    generic.close();
-    await fake.stop();
-  });
+  const { fake, direct, generic } = await setup(t);
   for (const conn of [direct, generic]) {
     const m1 = new Machine1Client(conn, { noAutoStart: true });
     const which = conn === direct ? 'lean' : 'dbus-next';
@@ -98,12 +94,7 @@ test('[test double] errors over the lean connection are the BusErrors dbus-next 
 });
 
 test('[test double] a call past its deadline fails with Timeout, and its late reply is dropped', async (t) => {
-  const { fake, direct, generic } = await setup();
-  t.teardown(async () => {
-    direct.close();
-    generic.close();
-    await fake.stop();
-  });
+  const { fake, direct } = await setup(t);
   await fake.hang(true);
   const m1 = new Machine1Client(direct, { noAutoStart: true, timeoutMs: 300 });
   const started = Date.now();
@@ -116,12 +107,7 @@ test('[test double] a call past its deadline fails with Timeout, and its late re
 });
 
 test('[test double] the lean connection ending ends the BusConnection: pending calls fail at once, onClose fires', async (t) => {
-  const { fake, direct, generic } = await setup();
-  t.teardown(async () => {
-    direct.close();
-    generic.close();
-    await fake.stop();
-  });
+  const { fake, direct } = await setup(t);
   await fake.hang(true);
   const closed = new Promise<string>((resolve) => direct.onClose(resolve));
   const pending = new Machine1Client(direct, { noAutoStart: true, timeoutMs: 30_000 }).getMachineAddresses(
@@ -137,12 +123,7 @@ test('[test double] the lean connection ending ends the BusConnection: pending c
 });
 
 test('[test double] match rules go over the connection that receives signals', async (t) => {
-  const { fake, direct, generic } = await setup();
-  t.teardown(async () => {
-    direct.close();
-    generic.close();
-    await fake.stop();
-  });
+  const { fake, direct } = await setup(t);
   const seen = new Promise<string>((resolve) => {
     direct.onSignal((s) => {
       if (s.member === 'MachineNew') resolve(String(s.body[0]));
