@@ -277,33 +277,16 @@ export class BusConnection {
       body: [...(spec.body ?? [])],
       flags: spec.noAutoStart ? MessageFlag.NO_AUTO_START : 0,
     });
-    const what = `${spec.interface}.${spec.member}`;
-    return new Promise<unknown[]>((resolve, reject) => {
-      const abort = (err: BusError): void => {
-        clearTimeout(timer);
-        this.pending.delete(abort);
-        reject(err);
-      };
-      const timer = setTimeout(
-        () =>
-          abort(
-            new BusError('Timeout', `${what}: no reply within ${spec.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms`),
-          ),
-        spec.timeoutMs ?? DEFAULT_TIMEOUT_MS,
-      );
-      this.pending.add(abort);
-      this.bus.call(msg).then(
-        (reply) => {
-          clearTimeout(timer);
-          this.pending.delete(abort);
-          resolve(reply && Array.isArray(reply.body) ? (reply.body as unknown[]) : []);
-        },
-        (err: unknown) => {
-          if (err instanceof DBusError) abort(BusError.fromDBus(err.type, err.text));
-          else abort(new BusError('Disconnected', `${what}: ${describe(err)}`));
-        },
-      );
-    });
+    return this.awaitReply(
+      `${spec.interface}.${spec.member}`,
+      spec.timeoutMs,
+      this.bus.call(msg),
+      (reply) => (reply && Array.isArray(reply.body) ? (reply.body as unknown[]) : []),
+      (err, what) =>
+        err instanceof DBusError
+          ? BusError.fromDBus(err.type, err.text)
+          : new BusError('Disconnected', `${what}: ${describe(err)}`),
+    );
   }
 
   private callDirect(
@@ -313,8 +296,6 @@ export class BusConnection {
     body: readonly unknown[],
   ): Promise<unknown[]> {
     this.callCounts.direct++;
-    const what = `${spec.interface}.${spec.member}`;
-    const timeoutMs = spec.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const sent = channel.send({
       destination: spec.destination,
       path: spec.path,
@@ -324,29 +305,52 @@ export class BusConnection {
       body,
       noAutoStart: spec.noAutoStart === true,
     });
+    const what = `${spec.interface}.${spec.member}`;
+    return this.awaitReply(
+      what,
+      spec.timeoutMs,
+      sent.reply,
+      (reply) => replyBody(reply, what),
+      (err) => new BusError('Disconnected', `${what}: ${describe(err)}`),
+      () => {
+        channel.abandon(sent.serial);
+      },
+    );
+  }
+
+  /**
+   * A call's reply body within its deadline. Until then the call is in `pending`, so a connection
+   * that ends fails it at once; `onAbort` runs when it fails before its reply came.
+   */
+  private awaitReply<T>(
+    what: string,
+    timeoutMs: number | undefined,
+    reply: Promise<T>,
+    body: (reply: T) => unknown[],
+    failure: (err: unknown, what: string) => BusError,
+    onAbort: () => void = () => undefined,
+  ): Promise<unknown[]> {
+    const ms = timeoutMs ?? DEFAULT_TIMEOUT_MS;
     return new Promise<unknown[]>((resolve, reject) => {
       const abort = (err: BusError): void => {
         clearTimeout(timer);
         this.pending.delete(abort);
-        channel.abandon(sent.serial);
+        onAbort();
         reject(err);
       };
-      const timer = setTimeout(
-        () => abort(new BusError('Timeout', `${what}: no reply within ${timeoutMs} ms`)),
-        timeoutMs,
-      );
+      const timer = setTimeout(() => abort(new BusError('Timeout', `${what}: no reply within ${ms} ms`)), ms);
       this.pending.add(abort);
-      sent.reply.then(
-        (reply) => {
+      reply.then(
+        (r) => {
           clearTimeout(timer);
           this.pending.delete(abort);
           try {
-            resolve(replyBody(reply, what));
+            resolve(body(r));
           } catch (err) {
             reject(err instanceof BusError ? err : new BusError('BadReply', `${what}: ${describe(err)}`));
           }
         },
-        (err: unknown) => abort(new BusError('Disconnected', `${what}: ${describe(err)}`)),
+        (err: unknown) => abort(failure(err, what)),
       );
     });
   }

@@ -124,17 +124,12 @@ export function answer(query: Buffer, zone: Zone, transport: Transport): Reply {
     return answerParsed(query, zone, transport);
   const exact = query.toString('latin1', 2);
   const kept = zone.replies.get(exact);
-  if (kept !== undefined) {
-    const out = Buffer.allocUnsafe(kept.length);
-    out.set(kept);
-    out[0] = query[0] ?? 0;
-    out[1] = query[1] ?? 0;
-    return out;
-  }
+  if (kept !== undefined) return withId(kept, query);
   const reply = answerParsed(query, zone, transport);
   if (typeof reply !== 'string') {
     if (zone.replies.size >= zone.answerLimit) zone.replies.clear();
-    zone.replies.set(exact, Buffer.from(reply));
+    // Kept as returned: every reply is a fresh buffer that nobody writes to once it is sent.
+    zone.replies.set(exact, reply);
   }
   return reply;
 }
@@ -199,13 +194,19 @@ function answerKey(query: Buffer, q: QueryFields, limit: number): string {
   return k.toString('latin1', 0, o + 7);
 }
 
-function patch(kept: Buffer, query: Buffer, q: QueryFields): Buffer {
+/** A copy of a kept response carrying the asker's ID. */
+function withId(kept: Buffer, query: Buffer): Buffer {
   // TypedArray#set, not Buffer#copy: Node 20's copy validates in JS and was 3 % of the stub's CPU
   // under load (BENCHMARKS.md, bench:dns).
   const out = Buffer.allocUnsafe(kept.length);
   out.set(kept);
   out[0] = query[0] ?? 0;
   out[1] = query[1] ?? 0;
+  return out;
+}
+
+function patch(kept: Buffer, query: Buffer, q: QueryFields): Buffer {
+  const out = withId(kept, query);
   out[2] = ((kept[2] ?? 0) & ~Flag.RD) | (q.flags2 & Flag.RD);
   out[3] = ((kept[3] ?? 0) & ~Flag.CD) | (q.flags3 & Flag.CD);
   for (let i = HEADER_SIZE; i < q.nameEnd; i++) out[i] = query[i] ?? 0;
