@@ -7,7 +7,7 @@
  * dbus-next (@particle fork, pinned: reference/peers.md §5) is used only for the wire format and the
  * authentication handshake, except for calls whose arguments are strings and integers
  * (GetMachineAddresses, Properties.GetAll, …): those go over a second, lean connection with our own
- * codec (dbus-channel.ts, dbus-wire.ts), about a fifth of the CPU per call. Either connection ending
+ * codec (dbus-channel.ts, dbus-wire.ts), about half of dbus-next's CPU per call or less. Either connection ending
  * ends this BusConnection.
  */
 import {

@@ -1,9 +1,9 @@
 /**
  * The D-Bus wire format for the method calls the registry makes most: a method call with a body of
- * strings and integers out, any reply in. dbus-next's generic marshaller costs about 0.1–0.25 ms of
- * CPU per call (it builds each message from small buffers and converts every reply twice), which at
- * 10,000 machines made the first sync and the address refresh CPU-bound in our process
- * (BENCHMARKS.md); this codec does the same in a few µs. Values come out in dbus-next's shapes, so the
+ * strings and integers out, any reply in. Through dbus-next a GetMachineAddresses cost
+ * 94–277 µs of our CPU, 16 in flight (its generic marshaller builds each message from small
+ * buffers and converts every reply twice); through this codec and BusConnection 45–101 µs, most of
+ * it the socket and the promise (BENCHMARKS.md, 2026-12-02). Values come out in dbus-next's shapes, so the
  * callers' zod schemas do not care which path a reply took: `t`/`x` as bigint, `ay` as Buffer, a
  * dict as a plain object, a variant as dbus-next's `Variant`, a struct as an array.
  *
