@@ -36,6 +36,12 @@ function until(view: RegistryView, pred: (v: RegistryView) => boolean, timeoutMs
   });
 }
 
+/** Polls `condition` every 50 ms until it holds or `timeoutMs` passed (the caller asserts after). */
+async function waitUntil(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
+  for (let waited = 0; !condition() && waited < timeoutMs; waited += 50)
+    await new Promise((resolve) => setTimeout(resolve, 50));
+}
+
 const names = (v: RegistryView): string[] =>
   v
     .all()
@@ -435,10 +441,15 @@ test('[test double] --refresh-rate: refreshes are never closer than 1/rate s, an
   t.teardown(() => r.stop());
   await r.start();
   const synced = reads.length;
-  await new Promise((resolve) => setTimeout(resolve, 1_500));
+  // 30 refreshes take 1.5 s at this rate; a loaded machine may take longer, so wait for them.
+  await waitUntil(() => reads.length - synced >= 30);
   const refreshes = reads.slice(synced);
-  t.true(refreshes.length >= 15, `refreshes happen (${refreshes.length})`);
-  t.true(refreshes.length <= 1.5 * 20 + 2, `at most 20 a second (${refreshes.length} in 1.5 s)`);
+  t.true(refreshes.length >= 30, `refreshes happen (${refreshes.length})`);
+  const spanMs = (refreshes.at(-1) ?? 0) - (refreshes[0] ?? 0);
+  t.true(
+    refreshes.length <= (spanMs / 1000) * 20 + 2,
+    `at most 20 a second (${refreshes.length} in ${spanMs.toFixed(0)} ms)`,
+  );
   const gaps = refreshes.slice(1).map((at, i) => at - (refreshes[i] ?? 0));
   t.true(
     Math.min(...gaps) >= 40,
@@ -552,8 +563,7 @@ test('[test double] the leader check asks only whether the pid exists between fu
   const before = { startReads, existsAsked };
   const roundsSince = (): number => existsAsked - before.existsAsked + (startReads - before.startReads);
   // 20 rounds take 0.4 s at this interval; a loaded machine may take longer, so wait for them.
-  for (let waited = 0; roundsSince() < 20 && waited < 10_000; waited += 50)
-    await new Promise((resolve) => setTimeout(resolve, 50));
+  await waitUntil(() => roundsSince() >= 20);
   const rounds = roundsSince();
   t.true(rounds >= 20, `the check runs (${rounds} rounds)`);
   t.true(
@@ -607,9 +617,73 @@ test("[test double] refreshes check a container's passwd and group every sixth r
   t.true(refreshes - from.refreshes <= 2, 'picked up by the next refresh');
   // known: checked one round in six
   const known = { refreshes, passwdReads };
-  await new Promise((resolve) => setTimeout(resolve, 1_200));
+  // 12 rounds take 0.5 s at this interval; a loaded machine may take longer, so wait for them.
+  await waitUntil(() => refreshes - known.refreshes >= 12);
   const rounds = refreshes - known.refreshes;
   const checks = passwdReads - known.passwdReads;
   t.true(rounds >= 12, `refreshes run (${rounds})`);
   t.true(checks >= 1 && checks <= rounds / 6 + 1, `${checks} checks in ${rounds} refreshes`);
+});
+
+test('[test double] a resync after machined restarts keeps the records of machines that did not change: no change without a difference, one reset for a machine that changed', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.seed(
+    ['one', 'two', 'three'].map((name, i) =>
+      fakeMachine(name, process.pid, { timestamp: String(i + 1), addresses: [[2, [192, 0, 2, i + 1]]] }),
+    ),
+  );
+  const host: HostReader = {
+    ...procHost,
+    readIdMap: () => Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer: 300000, count: 65536 }] }),
+    readAccounts: (_pid, _root, which) =>
+      Promise.resolve({
+        kind: 'ok',
+        accounts: [{ name: which === 'passwd' ? 'alice' : 'staff', id: 1000 }],
+        source: 'leader-root',
+        leaderRootProblem: undefined,
+      }),
+  };
+  const r = registry(fake.busAddress, { host, settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  await r.whenAccountsRead();
+  const before = new Map(r.view.all().map((m) => [m.name, m]));
+  t.deepEqual(r.view.byName('two')?.innerUsers, [{ name: 'alice', id: 1000 }], 'accounts were read');
+  const seen: string[] = [];
+  r.view.onChange((c) => seen.push(c.kind === 'reset' ? 'reset' : `${c.kind} ${c.machine.name}`));
+  const restart = async (): Promise<void> => {
+    await fake.killMachined();
+    const synced = new Promise<void>((resolve) => {
+      const off = r.onSynced(() => {
+        off();
+        resolve();
+      });
+    });
+    await fake.startMachined(); // reloads its machines and announces each again
+    await synced;
+    await r.whenAccountsRead();
+    await fake.register('marker'); // announced after the re-announcements: they are handled by now
+    await until(r.view, (v) => v.byName('marker') !== undefined);
+    seen.pop(); // 'added marker'
+    await fake.unregister('marker');
+    await until(r.view, (v) => v.byName('marker') === undefined);
+    seen.pop(); // 'removed marker'
+  };
+
+  await restart();
+  t.deepEqual(seen, [], 'nothing changed: no change announced');
+  for (const [name, record] of before) t.is(r.view.byName(name), record, `${name} keeps its record`);
+
+  await fake.setAddresses('two', ['192.0.2.22']); // machined sends no signal for this
+  await restart();
+  t.deepEqual(seen, ['reset'], 'one change for the resync; the accounts read after it changed nothing');
+  t.deepEqual(addressesOf(r.view, 'two'), ['192.0.2.22']);
+  t.deepEqual(r.view.byName('two')?.innerUsers, [{ name: 'alice', id: 1000 }], 'accounts kept');
+  t.is(r.view.byName('one'), before.get('one'), 'one keeps its record');
+  t.is(r.view.byName('three'), before.get('three'), 'three keeps its record');
+  t.deepEqual(
+    r.view.all().map((m) => m.name),
+    ['one', 'two', 'three'],
+  );
 });

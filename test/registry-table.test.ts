@@ -211,3 +211,25 @@ test('every change bumps the generation and is announced in order', (t) => {
   t.deepEqual(seen, ['added', 'updated', 'removed', 'reset']);
   t.is(table.generation, g0 + 5);
 });
+
+test('replaceAll with the same records in the same order is no change; another record or order is a reset', (t) => {
+  const table = new MachineTable();
+  const a = machineRecord({ name: 'a' });
+  const b = machineRecord({ name: 'b' });
+  table.replaceAll([a, b]);
+  const seen: ViewChange['kind'][] = [];
+  table.onChange((c) => seen.push(c.kind));
+  const g0 = table.generation;
+  table.replaceAll([a, b]);
+  t.deepEqual(seen, [], 'the same records: nothing announced');
+  t.is(table.generation, g0, 'the same records: the generation stays');
+  table.replaceAll([b, a]);
+  table.replaceAll([b, machineRecord({ name: 'a' })]); // equal content, another record
+  table.replaceAll([b]);
+  t.deepEqual(seen, ['reset', 'reset', 'reset']);
+  t.is(table.generation, g0 + 3);
+  t.deepEqual(
+    table.all().map((m) => m.name),
+    ['b'],
+  );
+});

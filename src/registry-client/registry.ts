@@ -137,10 +137,14 @@ export class MachineTable implements RegistryView {
     return previous;
   }
 
-  /** Replaces the whole table (resync) with one `reset` change instead of one per machine. */
+  /**
+   * Replaces the whole table (resync) with one `reset` change instead of one per machine. The same
+   * records in the same order are no change at all: listeners hear nothing, the generation stays.
+   */
   replaceAll(machines: readonly MachineRecord[]): void {
-    this.machines.clear();
     this.ranks.clear();
+    if (machines.length === this.ordered.length && machines.every((m, i) => m === this.ordered[i])) return;
+    this.machines.clear();
     for (const m of machines) this.machines.set(m.name, m);
     this.addressIndex.clear();
     for (const m of this.machines.values()) this.indexAddresses(m);

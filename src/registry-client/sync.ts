@@ -433,7 +433,15 @@ export class Registry {
     });
     // Registration order is machined's `Timestamp` (when the machine was registered), not
     // ListMachines' order, which is hashmap order: the first owner of an id must not depend on it.
-    const ordered = [...byName.values()].sort(byRegistration);
+    // A machine that did not change keeps its record, so a resync that changed nothing (machined
+    // restarted) changes nothing: no new zone, no new id index. Recompiling 2,000 machines' zone
+    // blocked the event loop for 93 ms while machined came back (reliability-faults-double).
+    const ordered = [...byName.values()]
+      .map((r) => {
+        const known = this.table.byName(r.name);
+        return known && sameMachine(known, r) ? known : r;
+      })
+      .sort(byRegistration);
     this.table.replaceAll(ordered);
     for (const r of ordered) this.startSettlingIfNeeded(r);
     this.finishSync(began);
@@ -657,7 +665,14 @@ export class Registry {
     const patched: MachineRecord[] = [];
     targets.forEach((m, i) => {
       const accounts = read[i];
-      if (accounts && this.table.byName(m.name) === m) patched.push({ ...m, ...accounts });
+      if (
+        accounts &&
+        this.table.byName(m.name) === m &&
+        !(
+          sameAccounts(m.innerUsers, accounts.innerUsers) && sameAccounts(m.innerGroups, accounts.innerGroups)
+        )
+      )
+        patched.push({ ...m, ...accounts });
     });
     this.table.replaceSome(patched);
     this.options.logger.info(
