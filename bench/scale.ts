@@ -40,6 +40,8 @@ const knobs = {
   seconds: Number(process.env.BENCH_SECONDS ?? 5),
   lookups: 3000,
 };
+/** Pairs of userdb runs taking turns (largest and smallest size), at least. */
+const USERDB_TURNS = 5;
 const SERVER_CPU = 0;
 const LOAD_CPU = 1;
 const SCALE_DAEMON_JS = join(REPO, 'dist/bench/processes/scale-daemon.js');
@@ -72,15 +74,18 @@ interface SizeResult {
    * for this), in runs taking turns, so drift of the shared VM over the minutes between sizes
    * cannot make a ratio (bench:dns's method).
    */
-  readonly paired: { readonly largest: number[]; readonly smallest: number[] };
+  readonly paired: Paired;
+  /** Largest size only: userdb p50 µs of the two daemons taking turns, as `paired`. */
+  readonly pairedUserdb: Record<'uid' | 'name', Paired>;
+}
+
+interface Paired {
+  readonly largest: number[];
+  readonly smallest: number[];
 }
 
 /** The smallest size's daemon, kept running until the largest size has been measured against it. */
-interface KeptDaemon {
-  readonly machines: number;
-  readonly daemon: DnsUnderTest;
-  readonly queryFile: string;
-  readonly world: World;
+interface KeptDaemon extends Side {
   stop(): Promise<void>;
 }
 
@@ -114,6 +119,34 @@ function userdbCalls(machines: number, kind: 'uid' | 'name'): string[] {
       parameters: { ...params, service: 'io.mymachinesd.Machine' },
     });
   });
+}
+
+/** One daemon of a size, with what measuring it needs. */
+interface Side {
+  readonly machines: number;
+  readonly daemon: DnsUnderTest;
+  readonly queryFile: string;
+  readonly world: World;
+}
+
+/** GetUserRecord over one connection per lookup to the daemon of `side`'s World: p50 and p99 in µs. */
+async function userdbLookups(
+  side: Pick<Side, 'machines' | 'world'>,
+  kind: 'uid' | 'name',
+): Promise<{ p50: number; p99: number }> {
+  const r = await userdbLoad(side.world, LOAD_CPU, {
+    socket: USERDB,
+    calls: userdbCalls(side.machines, kind),
+    mode: 'connection',
+    count: knobs.lookups,
+    warmup: 500,
+  });
+  if (r.errors > 0 || !Object.values(r.replies).every((x) => x.includes('"record"')))
+    throw new Error(
+      `userdb at ${side.machines} by ${kind}: ${r.errors} errors, ${JSON.stringify(r.replies).slice(0, 500)}`,
+    );
+  const l = latencySummary(r.latenciesUs);
+  return { p50: l.p50, p99: l.p99 };
 }
 
 async function measureSize(
@@ -189,27 +222,23 @@ async function measureSize(
     }
     report.progress(`${n} machines: DNS ${qps.map((q) => num(q)).join(', ')} q/s`);
     const paired = { largest: [] as number[], smallest: [] as number[] };
+    const pairedUserdb = {
+      uid: { largest: [] as number[], smallest: [] as number[] },
+      name: { largest: [] as number[], smallest: [] as number[] },
+    };
     if (largest && anchor) {
       // This size's daemon and the smallest size's, taking turns run by run. The smallest size's
       // daemon is kept stopped (SIGSTOP, a process we started) except for its turns, and this one
       // is stopped during those, so neither takes CPU from the other.
       const a = anchor;
-      const measure = async (mine: boolean, seconds: number): Promise<QuietResult<DnsperfRun>> => {
+      const mineSide: Side = { machines: n, daemon: started, queryFile, world };
+      const turn = async <T>(mine: boolean, work: (side: Side) => Promise<T>): Promise<QuietResult<T>> => {
         if (!mine) {
           process.kill(started.pid, 'SIGSTOP');
           process.kill(a.daemon.pid, 'SIGCONT');
         }
         try {
-          const server = mine ? started : a.daemon;
-          return await quietRun(() =>
-            dnsperf(mine ? world : a.world, {
-              ...dnsOptions,
-              server: server.address,
-              port: server.port,
-              queryFile: mine ? queryFile : a.queryFile,
-              seconds,
-            }),
-          );
+          return await quietRun(() => work(mine ? mineSide : a));
         } finally {
           if (!mine) {
             process.kill(a.daemon.pid, 'SIGSTOP');
@@ -217,15 +246,35 @@ async function measureSize(
           }
         }
       };
-      await measure(false, 2); // warm-up after its pause
+      const dnsTurn = (side: Side, seconds: number): Promise<DnsperfRun> =>
+        dnsperf(side.world, {
+          ...dnsOptions,
+          server: side.daemon.address,
+          port: side.daemon.port,
+          queryFile: side.queryFile,
+          seconds,
+        });
+      await turn(false, (side) => dnsTurn(side, 2)); // warm-up after its pause
       for (let run = 0; run < knobs.runs; run++)
         for (const mine of [true, false]) {
-          const kept = await measure(mine, knobs.seconds);
+          const kept = await turn(mine, (side) => dnsTurn(side, knobs.seconds));
           foreign.push(kept.foreignShare);
           (mine ? paired.largest : paired.smallest).push(kept.result.qps);
         }
       report.progress(
         `${n} vs ${anchor.machines} machines, taking turns: ${paired.largest.map((q) => num(q)).join(', ')} against ${paired.smallest.map((q) => num(q)).join(', ')} q/s`,
+      );
+      // userdb the same way: measured in phases minutes apart, its ratio moved with the VM's drift.
+      // Single runs of the same daemon ranged ±20 % (2026-12-03), so at least five pairs.
+      for (let run = 0; run < Math.max(USERDB_TURNS, knobs.runs); run++)
+        for (const kind of ['uid', 'name'] as const)
+          for (const mine of [true, false]) {
+            const kept = await turn(mine, (side) => userdbLookups(side, kind));
+            foreign.push(kept.foreignShare);
+            (mine ? pairedUserdb[kind].largest : pairedUserdb[kind].smallest).push(kept.result.p50);
+          }
+      report.progress(
+        `${n} vs ${anchor.machines} machines, taking turns: userdb p50 by uid ${pairedUserdb.uid.largest.map((v) => num(v)).join(', ')} against ${pairedUserdb.uid.smallest.map((v) => num(v)).join(', ')} µs`,
       );
     }
 
@@ -233,24 +282,10 @@ async function measureSize(
     const userdbP99Us = { uid: [] as number[], name: [] as number[] };
     for (let run = 0; run < knobs.runs; run++)
       for (const kind of ['uid', 'name'] as const) {
-        const kept = await quietRun(() =>
-          userdbLoad(world, LOAD_CPU, {
-            socket: USERDB,
-            calls: userdbCalls(n, kind),
-            mode: 'connection',
-            count: knobs.lookups,
-            warmup: 500,
-          }),
-        );
-        const r = kept.result;
+        const kept = await quietRun(() => userdbLookups({ machines: n, world }, kind));
         foreign.push(kept.foreignShare);
-        if (r.errors > 0 || !Object.values(r.replies).every((x) => x.includes('"record"')))
-          throw new Error(
-            `userdb at ${n} by ${kind}: ${r.errors} errors, ${JSON.stringify(r.replies).slice(0, 500)}`,
-          );
-        const l = latencySummary(r.latenciesUs);
-        userdbP50Us[kind].push(l.p50);
-        userdbP99Us[kind].push(l.p99);
+        userdbP50Us[kind].push(kept.result.p50);
+        userdbP99Us[kind].push(kept.result.p99);
       }
     report.progress(`${n} machines: userdb p50 by uid ${userdbP50Us.uid.map((v) => num(v)).join(', ')} µs`);
     const memoryAfter = memory(started.pid);
@@ -291,16 +326,8 @@ async function measureSize(
         noPollingQps.push(kept.result.qps);
       }
       for (let run = 0; run < knobs.runs; run++) {
-        const kept = await quietRun(() =>
-          userdbLoad(world, LOAD_CPU, {
-            socket: USERDB,
-            calls: userdbCalls(n, 'uid'),
-            mode: 'connection',
-            count: knobs.lookups,
-            warmup: 500,
-          }),
-        );
-        noPollingUserdbP50Us.push(latencySummary(kept.result.latenciesUs).p50);
+        const kept = await quietRun(() => userdbLookups({ machines: n, world }, 'uid'));
+        noPollingUserdbP50Us.push(kept.result.p50);
       }
       report.progress(`${n} machines, no polling: DNS ${noPollingQps.map((q) => num(q)).join(', ')} q/s`);
     }
@@ -316,6 +343,7 @@ async function measureSize(
       noPollingQps,
       noPollingUserdbP50Us,
       paired,
+      pairedUserdb,
       qps,
       cpuPerQueryUs,
       userdbP50Us,
@@ -360,7 +388,7 @@ async function main(): Promise<void> {
       `still happen; pinned to CPU ${SERVER_CPU}. "ready" is from spawn to the \`ready\` line (Node start-up ` +
       `included), "sync" the registry's own figure, "accounts" its figure for reading every container's passwd and group, which only enumeration needs, after \`ready\`. DNS: dnsperf on CPU ${LOAD_CPU}, ${knobs.runs} × ` +
       `${knobs.seconds} s, query file of max(10,000, 4·N) lines over all N names (~10 % unknown). userdb: ` +
-      `GetUserRecord, one connection per lookup, ${knobs.lookups} lookups per run over 64 random machines, ${knobs.runs} runs.`,
+      `GetUserRecord, one connection per lookup, ${knobs.lookups} lookups per run over 64 random machines, ${knobs.runs} runs per size, and ${Math.max(USERDB_TURNS, knobs.runs)} pairs of runs taking turns for the flatness ratio.`,
   );
   report.table(
     [
@@ -480,8 +508,33 @@ async function main(): Promise<void> {
       met: undefined,
     });
   }
-  flat('userdb lookup by uid, p50', (r) => spread(r.userdbP50Us.uid), ' µs', false);
-  flat('userdb lookup by name, p50', (r) => spread(r.userdbP50Us.name), ' µs', false);
+  for (const kind of ['uid', 'name'] as const) {
+    const label = `userdb lookup by ${kind}, p50`;
+    const turns = largest.pairedUserdb[kind];
+    if (turns.largest.length === 0) {
+      flat(label, (r) => spread(r.userdbP50Us[kind]), ' µs', false);
+      continue;
+    }
+    const a = spread(turns.smallest);
+    const b = spread(turns.largest);
+    const ratio = b.median / a.median;
+    report.summary({
+      measurement: `${label}, ${largest.machines} vs ${smallest.machines} machines (the two daemons taking turns, run by run)`,
+      ours: formatSpread(b, ' µs'),
+      anchor: `${smallest.machines} machines: ${formatSpread(a, ' µs')}`,
+      ratio: num(ratio, 2),
+      target: 'flat: ≤ 1.15×',
+      met: ratio <= 1.15,
+    });
+    report.summary({
+      measurement: `${label}, ${largest.machines} vs ${smallest.machines} machines, each measured in its own phase, minutes apart (informative: drift of the VM included)`,
+      ours: formatSpread(spread(largest.userdbP50Us[kind]), ' µs'),
+      anchor: `${smallest.machines} machines: ${formatSpread(spread(smallest.userdbP50Us[kind]), ' µs')}`,
+      ratio: num(spread(largest.userdbP50Us[kind]).median / spread(smallest.userdbP50Us[kind]).median, 2),
+      target: '—',
+      met: undefined,
+    });
+  }
   await report.write();
 }
 
