@@ -421,15 +421,21 @@ test('a collision answer is not kept: the next question in the other case gets t
 test("a kept answer still echoes each asker's ID, case and RD bit", (t) => {
   const z = makeZone();
   const first = ask(z, 'alpha.machine', 'A', { id: 1 });
+  // The entry is what answers: plant one whose last address differs (the last 4 bytes: no OPT).
+  const [[key, bytes] = []] = [...z.answers];
+  if (key === undefined || bytes === undefined) return t.fail('no kept answer');
+  const planted = Buffer.from(bytes);
+  planted.set([203, 0, 113, 99], planted.length - 4);
+  z.answers.set(key, planted);
   const second = ask(z, 'ALPHA.machine', 'A', { id: 2, rd: false, cd: true });
-  t.is(z.answers.size, 1, 'the second question was answered from the kept bytes');
   t.is(first.id, 1);
   t.is(second.id, 2);
   t.true(first.rd);
   t.false(first.cd);
   t.false(second.rd);
   t.true(second.cd);
-  t.deepEqual(second.answers, ['ALPHA.machine 0 A 192.0.2.10', 'ALPHA.machine 0 A 198.51.100.7']);
+  t.deepEqual(first.answers, ['alpha.machine 0 A 192.0.2.10', 'alpha.machine 0 A 198.51.100.7']);
+  t.deepEqual(second.answers, ['ALPHA.machine 0 A 192.0.2.10', 'ALPHA.machine 0 A 203.0.113.99']);
 });
 
 test('a repeated UDP query is answered from its exact bytes, with its own ID', (t) => {
@@ -473,8 +479,9 @@ test('exact-bytes entries: UDP only, short queries only, bounded by the answer l
   const z = makeZone();
   ask(z, 'alpha.machine', 'A', {}, 'tcp');
   t.is(z.replies.size, 0, 'TCP takes the parsed path');
-  const long = { edns: { options: [{ code: 65001, data: Buffer.alloc(EXACT_QUERY_MAX) }] } };
-  t.is(ask(z, 'alpha.machine', 'A', long).rcode, RCODE.NOERROR);
+  const long = `${'a'.repeat(60)}.${'b'.repeat(60)}.machine`;
+  t.true(query(long, 'A').length > EXACT_QUERY_MAX);
+  t.is(ask(z, long, 'A').rcode, RCODE.NXDOMAIN);
   t.is(z.replies.size, 0, `a query over ${EXACT_QUERY_MAX} bytes is not kept`);
   const small: Zone = { ...z, replies: new Map(), answerLimit: 2 };
   for (const name of ['alpha.machine', 'web.machine', 'nope.machine', 'alpha.machine']) ask(small, name, 'A');
@@ -483,6 +490,41 @@ test('exact-bytes entries: UDP only, short queries only, bounded by the answer l
     'alpha.machine 0 A 192.0.2.10',
     'alpha.machine 0 A 198.51.100.7',
   ]);
+});
+
+test('queries with EDNS options (a client cookie) are not kept by their exact bytes, only by question', (t) => {
+  const z = makeZone();
+  for (const cookie of ['0102030405060708', '1112131415161718']) {
+    const r = ask(z, 'alpha.machine', 'A', {
+      edns: { options: [{ code: 10, data: Buffer.from(cookie, 'hex') }] },
+    });
+    t.deepEqual(r.answers, ['alpha.machine 0 A 192.0.2.10', 'alpha.machine 0 A 198.51.100.7']);
+  }
+  t.is(z.replies.size, 0, 'each cookie would have been an entry never asked again');
+  t.is(z.answers.size, 1, 'the question itself is kept once');
+  ask(z, 'alpha.machine', 'A', { edns: {} });
+  t.is(z.replies.size, 1, 'an OPT without options is kept');
+});
+
+test("kept responses share memory only with each other, not with Node's buffer pool", (t) => {
+  const z = makeZone();
+  const pools = new Set<ArrayBufferLike>();
+  for (const name of ['alpha.machine', 'web.machine', 'nope.machine', '10.2.0.192.in-addr.arpa'])
+    for (const type of ['A', 'AAAA', 'PTR'] as const) {
+      ask(z, name, type);
+      ask(z, name, type, { edns: {} });
+      // What a pooled Buffer made now shares: the pool the response was just built in, if any.
+      pools.add(Buffer.allocUnsafe(1).buffer);
+    }
+  const kept = [...z.replies.values(), ...z.answers.values()];
+  t.true(kept.length >= 20);
+  t.true(
+    kept.every((b) => !pools.has(b.buffer)),
+    'a kept slice of a pool keeps its whole 8 KiB alive',
+  );
+  const held = [...new Set(kept.map((b) => b.buffer))].reduce((sum, ab) => sum + ab.byteLength, 0);
+  const bytes = kept.reduce((sum, b) => sum + b.length, 0);
+  t.true(held <= bytes + 32 * 1024, `${held} bytes held for ${bytes} kept`);
 });
 
 test('includeLinkLocal puts link-local addresses into answers and PTR', (t) => {

@@ -5,11 +5,14 @@
  * It reads as resolved's stub does (`dns_stub_process_query`): a ladder of early exits, then one
  * lookup that ends in one `Outcome`, mapped to an RCODE in one exhaustive switch (`rcodeOf`).
  *
- * Hot path (undici's habit, perf-anchors "cached"): the encoded response of every question is kept in
- * `zone.answers`, keyed by the lower-cased question name, type, class and EDNS shape; a hit copies
- * it and patches only the ID, the RD and CD bits and the question name's bytes (case echo; every
- * other owner name is a compression pointer to the question). A view change makes a new zone and so
- * drops every kept answer.
+ * Hot path (undici's habit, perf-anchors "cached"), two levels, both kept in the zone, so a view
+ * change (a new zone) drops every kept response:
+ * 1. `zone.replies`: a UDP query of up to EXACT_QUERY_MAX bytes without EDNS options, by its exact
+ *    bytes after the ID; a hit copies the response and sets the ID, without parsing.
+ * 2. `zone.answers`: the encoded response of every question, keyed by the lower-cased question name,
+ *    type, class and EDNS shape; a hit copies it and patches only the ID, the RD and CD bits and the
+ *    question name's bytes (case echo; every other owner name is a compression pointer to the
+ *    question). Exact-case picks among colliding machines and conflicts are never kept here.
  */
 import type { ServedMachine, Zone, ZoneNode, RdataRecord } from './zone.js';
 import {
@@ -106,7 +109,7 @@ const FORWARD = 'forward';
 
 /**
  * Longest UDP query whose whole response is kept by its exact bytes. Plain questions are 17–70
- * bytes (name, OPT, a client cookie); longer ones take the parsed path every time.
+ * bytes (name, OPT); longer ones take the parsed path every time.
  */
 export const EXACT_QUERY_MAX = 128;
 
@@ -117,7 +120,9 @@ export const EXACT_QUERY_MAX = 128;
  * UDP first looks the query up by its exact bytes after the ID in `zone.replies`: the response is a
  * function of those bytes and the zone alone (this function keeps no other state and reads no
  * clock), so a client repeating a question gets the kept response with its own ID, without parsing.
- * A query differing in any byte, its name's case or an EDNS option included, is a different entry.
+ * A query differing in any byte, its name's case included, is a different entry. Queries carrying
+ * EDNS options are not kept: a client cookie (dig sends one, new in every invocation) would make
+ * each of them a new entry that is never asked again and fill the map; they take the second level.
  */
 export function answer(query: Buffer, zone: Zone, transport: Transport): Reply {
   if (transport !== 'udp' || query.length > EXACT_QUERY_MAX || query.length <= HEADER_SIZE)
@@ -126,12 +131,17 @@ export function answer(query: Buffer, zone: Zone, transport: Transport): Reply {
   const kept = zone.replies.get(exact);
   if (kept !== undefined) return withId(kept, query);
   const reply = answerParsed(query, zone, transport);
-  if (typeof reply !== 'string') {
+  // `fields` holds this query's parse: its OPT offset is reset on every parse.
+  if (typeof reply !== 'string' && !hasEdnsOptions(query, fields)) {
     if (zone.replies.size >= zone.answerLimit) zone.replies.clear();
-    // Kept as returned: every reply is a fresh buffer that nobody writes to once it is sent.
-    zone.replies.set(exact, reply);
+    zone.replies.set(exact, zone.kept.keep(reply));
   }
   return reply;
+}
+
+/** The OPT record's RDATA (its options) is not empty; its length is 9 bytes after its root owner. */
+function hasEdnsOptions(query: Buffer, q: QueryFields): boolean {
+  return q.optOffset >= 0 && query.readUInt16BE(q.optOffset + 9) > 0;
 }
 
 function answerParsed(query: Buffer, zone: Zone, transport: Transport): Reply {
@@ -162,14 +172,15 @@ function answerParsed(query: Buffer, zone: Zone, transport: Transport): Reply {
   const bytes = encode(resolution, query, fields, zone, limit);
   if (isKeepable(resolution)) {
     if (zone.answers.size >= zone.answerLimit) zone.answers.clear();
-    zone.answers.set(key, Buffer.from(bytes));
+    zone.answers.set(key, zone.kept.keep(bytes));
   }
   return bytes;
 }
 
 /**
  * The answer of a question depends only on its key unless a machine collision makes the exact case
- * matter: conflicts and exact-case picks are never kept.
+ * matter: conflicts and exact-case picks are never kept under the case-folded key (`zone.replies`
+ * keeps them by the query's exact bytes, case included).
  */
 function isKeepable(outcome: Outcome): boolean {
   return outcome.kind !== 'conflict' && !(outcome.kind === 'records' && outcome.caseSensitive);

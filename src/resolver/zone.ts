@@ -8,6 +8,7 @@
  */
 import type { MachineRecord, RegistryView } from '../registry-client/view.js';
 import { anyNetContains, type Net } from './nets.js';
+import { KeptBytes } from './kept.js';
 import { encodeName, MAX_NAME_WIRE, nameKey, nameText, reverseName, Type } from './wire.js';
 
 export interface ZonePolicy {
@@ -93,6 +94,8 @@ export interface Zone {
   readonly replies: Map<string, Buffer>;
   /** How many entries `answers` and `replies` may each hold before it is cleared (`answerCacheLimit`). */
   readonly answerLimit: number;
+  /** Where the entries of `answers` and `replies` are copied to (kept.ts). */
+  readonly kept: KeptBytes;
 }
 
 /** The smallest answer cache, whatever the zone. */
@@ -210,6 +213,7 @@ export class ZoneCompiler {
       answers: new Map(),
       replies: new Map(),
       answerLimit: answerCacheLimit(nodes.size),
+      kept: new KeptBytes(),
     };
   }
 
