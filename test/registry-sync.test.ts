@@ -12,6 +12,7 @@ import { procHost, type HostReader } from '../src/registry-client/host.js';
 import { Registry, type RegistryOptions } from '../src/registry-client/sync.js';
 import type { RegistryView } from '../src/registry-client/view.js';
 import { PrivateBus } from './support/dbus.js';
+import { EventCount } from './support/event-count.js';
 import { fakeMachine, type FakeMachine } from './support/fake-machined.js';
 import { FakeMachinedHandle } from './support/fake.js';
 
@@ -34,12 +35,6 @@ function until(view: RegistryView, pred: (v: RegistryView) => boolean, timeoutMs
       resolve();
     });
   });
-}
-
-/** Polls `condition` every 50 ms until it holds or `timeoutMs` passed (the caller asserts after). */
-async function waitUntil(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
-  for (let waited = 0; !condition() && waited < timeoutMs; waited += 50)
-    await new Promise((resolve) => setTimeout(resolve, 50));
 }
 
 const names = (v: RegistryView): string[] =>
@@ -418,11 +413,15 @@ test('[test double] --refresh-rate: refreshes are never closer than 1/rate s, an
     Array.from({ length: 10 }, (_, i) => fakeMachine(`m${i}`, process.pid, { timestamp: '0' })),
   );
   const reads: number[] = [];
+  const uidReads = new EventCount();
   const host: HostReader = {
     ...procHost,
     userNamespace: () => undefined, // maps are read on every refresh: one uid_map read = one refresh
     readIdMap: (_pid, which) => {
-      if (which === 'uid') reads.push(performance.now());
+      if (which === 'uid') {
+        reads.push(performance.now());
+        uidReads.bump();
+      }
       return Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer: 300000, count: 65536 }] });
     },
     readAccounts: () =>
@@ -442,7 +441,7 @@ test('[test double] --refresh-rate: refreshes are never closer than 1/rate s, an
   await r.start();
   const synced = reads.length;
   // 30 refreshes take 1.5 s at this rate; a loaded machine may take longer, so wait for them.
-  await waitUntil(() => reads.length - synced >= 30);
+  await uidReads.reach(synced + 30);
   const refreshes = reads.slice(synced);
   t.true(refreshes.length >= 30, `refreshes happen (${refreshes.length})`);
   const spanMs = (refreshes.at(-1) ?? 0) - (refreshes[0] ?? 0);
@@ -546,14 +545,17 @@ test('[test double] the leader check asks only whether the pid exists between fu
   let start = 1000;
   let startReads = 0;
   let existsAsked = 0;
+  const checks = new EventCount();
   const host: HostReader = {
     ...procHost,
     startTime: () => {
       startReads++;
+      checks.bump();
       return Promise.resolve(start);
     },
     exists: () => {
       existsAsked++;
+      checks.bump();
       return true;
     },
   };
@@ -563,7 +565,7 @@ test('[test double] the leader check asks only whether the pid exists between fu
   const before = { startReads, existsAsked };
   const roundsSince = (): number => existsAsked - before.existsAsked + (startReads - before.startReads);
   // 20 rounds take 0.4 s at this interval; a loaded machine may take longer, so wait for them.
-  await waitUntil(() => roundsSince() >= 20);
+  await checks.reach(before.startReads + before.existsAsked + 20); // it counts both
   const rounds = roundsSince();
   t.true(rounds >= 20, `the check runs (${rounds} rounds)`);
   t.true(
@@ -582,13 +584,17 @@ test("[test double] refreshes check a container's passwd and group every sixth r
   t.teardown(() => fake.stop());
   await fake.seed([fakeMachine('testct', process.pid, { timestamp: '0' })]);
   let refreshes = 0;
+  const refreshCount = new EventCount();
   let passwdReads = 0;
   let readable = false;
   const host: HostReader = {
     ...procHost,
     userNamespace: () => undefined, // maps read on every refresh: one uid_map read = one refresh
     readIdMap: (_pid, which) => {
-      if (which === 'uid') refreshes++;
+      if (which === 'uid') {
+        refreshes++;
+        refreshCount.bump();
+      }
       return Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer: 300000, count: 65536 }] });
     },
     readAccounts: (_pid, _root, which) => {
@@ -618,7 +624,7 @@ test("[test double] refreshes check a container's passwd and group every sixth r
   // known: checked one round in six
   const known = { refreshes, passwdReads };
   // 12 rounds take 0.5 s at this interval; a loaded machine may take longer, so wait for them.
-  await waitUntil(() => refreshes - known.refreshes >= 12);
+  await refreshCount.reach(known.refreshes + 12); // it counts what `refreshes` does
   const rounds = refreshes - known.refreshes;
   const checks = passwdReads - known.passwdReads;
   t.true(rounds >= 12, `refreshes run (${rounds})`);
@@ -665,10 +671,10 @@ test('[test double] a resync after machined restarts keeps the records of machin
     await r.whenAccountsRead();
     await fake.register('marker'); // announced after the re-announcements: they are handled by now
     await until(r.view, (v) => v.byName('marker') !== undefined);
-    seen.pop(); // 'added marker'
+    t.is(seen.pop(), 'added marker');
     await fake.unregister('marker');
     await until(r.view, (v) => v.byName('marker') === undefined);
-    seen.pop(); // 'removed marker'
+    t.is(seen.pop(), 'removed marker');
   };
 
   await restart();
