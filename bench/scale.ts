@@ -106,6 +106,15 @@ async function bareFetch(busAddress: string): Promise<number> {
   }
 }
 
+/** Sends `sig` to a process we started; one already gone is no error here (stopping it says so). */
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch (err) {
+    if (!(err instanceof Error && 'code' in err && err.code === 'ESRCH')) throw err;
+  }
+}
+
 function userdbCalls(machines: number, kind: 'uid' | 'name'): string[] {
   const random = prng(machines);
   return Array.from({ length: 64 }, () => {
@@ -233,17 +242,17 @@ async function measureSize(
       const a = anchor;
       const mineSide: Side = { machines: n, daemon: started, queryFile, world };
       const turn = async <T>(mine: boolean, work: (side: Side) => Promise<T>): Promise<QuietResult<T>> => {
-        if (!mine) {
-          process.kill(started.pid, 'SIGSTOP');
-          process.kill(a.daemon.pid, 'SIGCONT');
-        }
         try {
+          if (!mine) {
+            process.kill(started.pid, 'SIGSTOP');
+            process.kill(a.daemon.pid, 'SIGCONT');
+          }
           return await quietRun(() => work(mine ? mineSide : a));
         } finally {
-          if (!mine) {
-            process.kill(a.daemon.pid, 'SIGSTOP');
-            process.kill(started.pid, 'SIGCONT');
-          }
+          // Whatever failed: this size's daemon runs on (it is stopped with SIGTERM later), the
+          // smallest size's waits stopped for its next turn or its stop().
+          if (!mine) signal(a.daemon.pid, 'SIGSTOP');
+          signal(started.pid, 'SIGCONT');
         }
       };
       const dnsTurn = (side: Side, seconds: number): Promise<DnsperfRun> =>
@@ -296,7 +305,7 @@ async function measureSize(
         queryFile,
         world,
         stop: async () => {
-          process.kill(started.pid, 'SIGCONT');
+          signal(started.pid, 'SIGCONT');
           await started.stop();
           await world.dispose();
           await fake.stop();
@@ -445,45 +454,41 @@ async function main(): Promise<void> {
     target: '< 200 MB',
     met: largest.memoryAfter.peakMiB * 1.048576 < 200,
   });
-  const flat = (
+  /**
+   * A flatness ratio, largest against smallest size: from the two daemons taking turns when they
+   * did (the target's row), with the phase-by-phase ratio as an informative row; else phase by phase.
+   */
+  const flatness = (
     label: string,
-    pick: (r: SizeResult) => Spread,
+    turns: Paired,
+    phases: (r: SizeResult) => number[],
     unit: string,
     higherIsBetter: boolean,
   ): void => {
-    const a = pick(smallest);
-    const b = pick(largest);
-    const ratio = b.median / a.median;
-    report.summary({
-      measurement: `${label}, ${largest.machines} vs ${smallest.machines} machines`,
-      ours: formatSpread(b, unit),
-      anchor: `${smallest.machines} machines: ${formatSpread(a, unit)}`,
-      ratio: num(ratio, 2),
-      target: higherIsBetter ? 'flat: ≥ 0.85×' : 'flat: ≤ 1.15×',
-      met: higherIsBetter ? ratio >= 0.85 : ratio <= 1.15,
-    });
+    const target = higherIsBetter ? 'flat: ≥ 0.85×' : 'flat: ≤ 1.15×';
+    const meets = (ratio: number): boolean => (higherIsBetter ? ratio >= 0.85 : ratio <= 1.15);
+    const row = (what: string, a: Spread, b: Spread, targeted: boolean): void => {
+      const ratio = b.median / a.median;
+      report.summary({
+        measurement: `${label}, ${largest.machines} vs ${smallest.machines} machines${what}`,
+        ours: formatSpread(b, unit),
+        anchor: `${smallest.machines} machines: ${formatSpread(a, unit)}`,
+        ratio: num(ratio, 2),
+        target: targeted ? target : '—',
+        met: targeted ? meets(ratio) : undefined,
+      });
+    };
+    const paired = turns.largest.length > 0;
+    if (paired)
+      row(' (the two daemons taking turns, run by run)', spread(turns.smallest), spread(turns.largest), true);
+    row(
+      paired ? ', each measured in its own phase, minutes apart (informative: drift of the VM included)' : '',
+      spread(phases(smallest)),
+      spread(phases(largest)),
+      !paired,
+    );
   };
-  if (largest.paired.largest.length > 0) {
-    const a = spread(largest.paired.smallest);
-    const b = spread(largest.paired.largest);
-    const ratio = b.median / a.median;
-    report.summary({
-      measurement: `DNS q/s, ${largest.machines} vs ${smallest.machines} machines (the two daemons taking turns, run by run)`,
-      ours: formatSpread(b, ' q/s'),
-      anchor: `${smallest.machines} machines: ${formatSpread(a, ' q/s')}`,
-      ratio: num(ratio, 2),
-      target: 'flat: ≥ 0.85×',
-      met: ratio >= 0.85,
-    });
-    report.summary({
-      measurement: `DNS q/s, ${largest.machines} vs ${smallest.machines} machines, each measured in its own phase, minutes apart (informative: drift of the VM included)`,
-      ours: formatSpread(spread(largest.qps), ' q/s'),
-      anchor: `${smallest.machines} machines: ${formatSpread(spread(smallest.qps), ' q/s')}`,
-      ratio: num(spread(largest.qps).median / spread(smallest.qps).median, 2),
-      target: '—',
-      met: undefined,
-    });
-  } else flat('DNS q/s', (r) => spread(r.qps), ' q/s', true);
+  flatness('DNS q/s', largest.paired, (r) => r.qps, ' q/s', true);
   if (largest.noPollingQps.length > 0) {
     const a = spread(smallest.qps);
     const b = spread(largest.noPollingQps);
@@ -508,33 +513,14 @@ async function main(): Promise<void> {
       met: undefined,
     });
   }
-  for (const kind of ['uid', 'name'] as const) {
-    const label = `userdb lookup by ${kind}, p50`;
-    const turns = largest.pairedUserdb[kind];
-    if (turns.largest.length === 0) {
-      flat(label, (r) => spread(r.userdbP50Us[kind]), ' µs', false);
-      continue;
-    }
-    const a = spread(turns.smallest);
-    const b = spread(turns.largest);
-    const ratio = b.median / a.median;
-    report.summary({
-      measurement: `${label}, ${largest.machines} vs ${smallest.machines} machines (the two daemons taking turns, run by run)`,
-      ours: formatSpread(b, ' µs'),
-      anchor: `${smallest.machines} machines: ${formatSpread(a, ' µs')}`,
-      ratio: num(ratio, 2),
-      target: 'flat: ≤ 1.15×',
-      met: ratio <= 1.15,
-    });
-    report.summary({
-      measurement: `${label}, ${largest.machines} vs ${smallest.machines} machines, each measured in its own phase, minutes apart (informative: drift of the VM included)`,
-      ours: formatSpread(spread(largest.userdbP50Us[kind]), ' µs'),
-      anchor: `${smallest.machines} machines: ${formatSpread(spread(smallest.userdbP50Us[kind]), ' µs')}`,
-      ratio: num(spread(largest.userdbP50Us[kind]).median / spread(smallest.userdbP50Us[kind]).median, 2),
-      target: '—',
-      met: undefined,
-    });
-  }
+  for (const kind of ['uid', 'name'] as const)
+    flatness(
+      `userdb lookup by ${kind}, p50`,
+      largest.pairedUserdb[kind],
+      (r) => r.userdbP50Us[kind],
+      ' µs',
+      false,
+    );
   await report.write();
 }
 
