@@ -1,14 +1,19 @@
 /**
  * BusConnection's two paths over a real dbus-daemon, against FakeMachined (the TEST DOUBLE of
- * machined): calls with string and integer arguments take the lean connection (our codec,
- * src/registry-client/dbus-wire.ts) and give exactly what dbus-next gives; its errors, deadlines and
- * end behave as dbus-next's path does. The real machined 252 is followed over the same path by
- * test/registry-machined.test.ts and the *-machined-live tests.
+ * machined): calls with string, object-path, 32-bit integer and boolean arguments take the lean
+ * connection (our codec, src/registry-client/dbus-wire.ts) and give exactly what dbus-next gives; its
+ * errors, deadlines and end behave as dbus-next's path does. The real machined 252 is followed over
+ * the same path by test/registry-machined.test.ts and the *-machined-live tests.
  */
 import test, { type ExecutionContext } from 'ava';
-import { BusConnection, isBusError } from '../src/registry-client/bus.js';
+import { once } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BusConnection, DBUS_NAME, isBusError, matchRule } from '../src/registry-client/bus.js';
 import { CallChannel } from '../src/registry-client/dbus-channel.js';
-import { MACHINE1_SIGNAL_RULES, Machine1Client } from '../src/registry-client/machine1.js';
+import { MACHINE1_NAME, MACHINE1_SIGNAL_RULES, Machine1Client } from '../src/registry-client/machine1.js';
 import { FakeMachinedHandle } from './support/fake.js';
 import { fakeMachine } from './support/fake-machined.js';
 
@@ -43,6 +48,42 @@ function channelOf(conn: BusConnection): CallChannel {
   return channel;
 }
 
+function socketOf(channel: CallChannel): Socket {
+  return Reflect.get(channel, 'socket') as Socket;
+}
+
+/**
+ * A unix socket that accepts connections and answers the first bytes of each with `reply`, or
+ * never answers at all; closed when the test ends.
+ */
+async function rogueBus(t: ExecutionContext, reply?: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'mmd-rogue-bus-'));
+  const path = join(dir, 'socket');
+  const sockets = new Set<Socket>();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => socket.destroy()); // the client giving up resets the connection
+    if (reply !== undefined) socket.once('data', () => socket.write(reply));
+  });
+  server.listen(path);
+  await once(server, 'listening');
+  t.teardown(async () => {
+    for (const socket of sockets) socket.destroy();
+    server.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  return path;
+}
+
+/**
+ * An address whose two connections go to different servers: dbus-next reads `socket=` before
+ * `path=`, our call connection only `path=` (and `abstract=`).
+ */
+function splitAddress(leanPath: string, dbusNextPath: string): string {
+  return `unix:path=${leanPath},socket=${dbusNextPath}`;
+}
+
 test('[test double] the registry calls take the lean connection and return what dbus-next returns', async (t) => {
   const { direct, generic } = await setup(t);
   t.true(direct.directCalls);
@@ -74,17 +115,17 @@ test('[test double] the registry calls take the lean connection and return what 
 
 test('[test double] errors over the lean connection are the BusErrors dbus-next gives', async (t) => {
   const { fake, direct, generic } = await setup(t);
-  for (const conn of [direct, generic]) {
-    const m1 = new Machine1Client(conn, { noAutoStart: true });
-    const which = conn === direct ? 'lean' : 'dbus-next';
-    const noSuch = await t.throwsAsync(m1.getMachineAddresses('nope'));
-    t.true(isBusError(noSuch, 'NoSuchMachine'), `${which}: ${String(noSuch)}`);
-    const noNet = await t.throwsAsync(m1.getMachineAddresses('bravo-two'));
-    t.true(isBusError(noNet, 'NoPrivateNetworking'), `${which}: ${String(noNet)}`);
-    t.is(
-      noNet?.message,
-      (await t.throwsAsync(new Machine1Client(generic).getMachineAddresses('bravo-two')))?.message,
-    );
+  const failure = (conn: BusConnection, name: string): Promise<Error | undefined> =>
+    t.throwsAsync(new Machine1Client(conn, { noAutoStart: true }).getMachineAddresses(name));
+  for (const [name, code] of [
+    ['nope', 'NoSuchMachine'],
+    ['bravo-two', 'NoPrivateNetworking'],
+  ] as const) {
+    const lean = await failure(direct, name);
+    const dbusNext = await failure(generic, name);
+    t.true(isBusError(lean, code), `lean: ${String(lean)}`);
+    t.true(isBusError(dbusNext, code), `dbus-next: ${String(dbusNext)}`);
+    t.is(lean?.message, dbusNext?.message, name);
   }
   await fake.killMachined('SIGTERM');
   for (const conn of [direct, generic]) {
@@ -94,16 +135,23 @@ test('[test double] errors over the lean connection are the BusErrors dbus-next 
 });
 
 test('[test double] a call past its deadline fails with Timeout, and its late reply is dropped', async (t) => {
-  const { fake, direct } = await setup(t);
-  await fake.hang(true);
+  const { fake, direct, generic } = await setup(t);
+  const expected = await new Machine1Client(generic).getMachineAddresses('alpha');
+  await fake.stall('GetMachineAddresses', 1_000);
   const m1 = new Machine1Client(direct, { noAutoStart: true, timeoutMs: 300 });
+  const channel = channelOf(direct);
+  // Nothing else comes on the lean connection meanwhile: its next bytes are the late reply.
+  const lateReply = once(socketOf(channel), 'data');
   const started = Date.now();
   const err = await t.throwsAsync(m1.getMachineAddresses('alpha'));
   t.true(isBusError(err, 'Timeout'), String(err));
-  t.true(Date.now() - started < 2_000);
-  t.is(channelOf(direct).waiting, 0, 'the abandoned call is no longer waited for');
-  await fake.hang(false);
-  t.is((await m1.getMachineAddresses('alpha')).length, 2, 'the connection still works');
+  t.true(Date.now() - started < 1_000, 'the deadline fired, not the stall');
+  t.is(channel.waiting, 0, 'the abandoned call is no longer waited for');
+  await lateReply;
+  t.is(channel.waiting, 0);
+  t.false(direct.closed, 'a reply nobody waits for does not end the connection');
+  await fake.stall('GetMachineAddresses', 0);
+  t.deepEqual(await m1.getMachineAddresses('alpha'), expected, 'the next call gets its own answer');
 });
 
 test('[test double] the lean connection ending ends the BusConnection: pending calls fail at once, onClose fires', async (t) => {
@@ -113,8 +161,7 @@ test('[test double] the lean connection ending ends the BusConnection: pending c
   const pending = new Machine1Client(direct, { noAutoStart: true, timeoutMs: 30_000 }).getMachineAddresses(
     'alpha',
   );
-  const socket: unknown = Reflect.get(channelOf(direct), 'socket');
-  (socket as { destroy(): void }).destroy();
+  socketOf(channelOf(direct)).destroy();
   const err = await t.throwsAsync(pending);
   t.true(isBusError(err, 'Disconnected'), String(err));
   t.regex(await closed, /call connection/);
@@ -134,4 +181,146 @@ test('[test double] match rules go over the connection that receives signals', a
   t.true(direct.callCounts.generic > generic0, 'AddMatch went through dbus-next');
   await fake.register('charlie');
   t.is(await seen, 'charlie');
+});
+
+test('[test double] GetNameOwner goes over the connection that receives NameOwnerChanged, so its answer is never older than a signal', async (t) => {
+  const fake = await FakeMachinedHandle.start({ running: false });
+  t.teardown(() => fake.stop());
+  const conn = await BusConnection.open(fake.busAddress);
+  t.teardown(() => conn.close());
+  t.true(conn.directCalls);
+  await conn.addMatch(
+    matchRule({
+      type: 'signal',
+      sender: DBUS_NAME,
+      interface: DBUS_NAME,
+      member: 'NameOwnerChanged',
+      arg0: MACHINE1_NAME,
+    }),
+  );
+  const events: string[] = [];
+  const appeared = new Promise<string>((resolve) => {
+    conn.onSignal((s) => {
+      const owner = s.body[2];
+      if (s.member !== 'NameOwnerChanged' || typeof owner !== 'string' || owner === '') return;
+      events.push(`signal ${owner}`);
+      resolve(owner);
+    });
+  });
+  const before = { ...conn.callCounts };
+  // The lean connection's replies held back, as a busy event loop may read one socket before the other.
+  const lean = socketOf(channelOf(conn));
+  lean.pause();
+  const answered = conn.getNameOwner(MACHINE1_NAME).then((owner) => {
+    events.push(`answer ${owner ?? 'none'}`);
+  });
+  await fake.startMachined();
+  const owner = await appeared;
+  lean.resume();
+  await answered;
+  t.true(
+    events.at(-1) === `signal ${owner}` || events.at(-1) === `answer ${owner}`,
+    `the last word is the current owner ${owner}: ${events.join(', ')}`,
+  );
+  t.deepEqual(conn.callCounts, { direct: before.direct, generic: before.generic + 1 }, 'through dbus-next');
+});
+
+test("[test double] an int32 argument right at the end of the writer's first buffer is sent (KillMachine, Machine.Kill)", async (t) => {
+  const { direct } = await setup(t);
+  const m1 = new Machine1Client(direct, { noAutoStart: true });
+  const before = direct.callCounts.direct;
+  for (let length = 1; length <= 80; length++) {
+    const name = 'n'.repeat(length);
+    const kill = await t.throwsAsync(m1.killMachine(name, 'all', 9));
+    t.true(isBusError(kill), `KillMachine ${length}: ${String(kill)}`);
+    const machineKill = await t.throwsAsync(
+      m1.machineKill(`/org/freedesktop/machine1/machine/${name}`, 'leader', 15),
+    );
+    t.true(isBusError(machineKill), `Machine.Kill ${length}: ${String(machineKill)}`);
+  }
+  t.is(direct.callCounts.direct - before, 160, 'all over the lean connection');
+  t.false(direct.closed);
+});
+
+test('[test double] a call the codec cannot write is a rejected call, not a throw, and the connection goes on', async (t) => {
+  const { direct } = await setup(t);
+  const channel = channelOf(direct);
+  const call = {
+    destination: MACHINE1_NAME,
+    path: '/org/freedesktop/machine1',
+    interface: 'org.freedesktop.machine1.Manager',
+    member: 'GetMachine',
+    noAutoStart: true,
+  };
+  let sent: ReturnType<CallChannel['send']> | undefined;
+  t.notThrows(() => {
+    sent = channel.send({ ...call, signature: 't', body: [1n] });
+  });
+  await t.throwsAsync(sent?.reply ?? Promise.resolve(), { message: /cannot write/ });
+  t.is(channel.waiting, 0);
+  const reply = await channel.call({ ...call, signature: 's', body: ['alpha'] });
+  t.is(reply.errorName, '');
+});
+
+test('[test double] a NUL in a string or a malformed object path is refused here, not sent for the bus to drop us', async (t) => {
+  const { direct, generic } = await setup(t);
+  for (const conn of [direct, generic]) {
+    const which = conn === direct ? 'lean' : 'dbus-next';
+    const m1 = new Machine1Client(conn, { noAutoStart: true });
+    t.true(isBusError(await t.throwsAsync(m1.getMachine('al\0pha'))), `${which}: NUL`);
+    t.true(isBusError(await t.throwsAsync(m1.machineProperties('not a path'))), `${which}: header path`);
+    const argument = await t.throwsAsync(
+      conn.call({
+        destination: DBUS_NAME,
+        path: '/org/freedesktop/DBus',
+        interface: DBUS_NAME,
+        member: 'GetConnectionUnixUser',
+        signature: 'o',
+        body: ['/not/a/path/'],
+      }),
+    );
+    t.true(isBusError(argument, 'InvalidArgs'), `${which}: object path argument: ${String(argument)}`);
+    t.false(conn.closed, `${which}: still connected`);
+    t.is(await m1.getMachine('alpha'), '/org/freedesktop/machine1/machine/alpha', which);
+  }
+  t.is(direct.callCounts.direct, 1, 'only the last call went over the lean connection');
+});
+
+test('opening gives both connections one deadline: a bus that never answers fails the open in about that time', async (t) => {
+  const silent = await rogueBus(t);
+  const started = Date.now();
+  const err = await t.throwsAsync(BusConnection.open(`unix:path=${silent}`, { timeoutMs: 1_000 }));
+  const elapsed = Date.now() - started;
+  t.true(isBusError(err, 'Disconnected'), String(err));
+  t.true(elapsed >= 950 && elapsed < 1_700, `${elapsed} ms for a deadline of 1,000 ms`);
+});
+
+test('[test double] a call connection that times out fails the open; it does not fall back to dbus-next', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const silent = await rogueBus(t);
+  const started = Date.now();
+  const err = await t.throwsAsync(
+    BusConnection.open(splitAddress(silent, fake.bus.socketPath), { timeoutMs: 1_000 }),
+  );
+  t.true(isBusError(err, 'Disconnected'), String(err));
+  t.true(Date.now() - started < 1_700);
+});
+
+test('[test double] a bus the lean path cannot use (authentication refused, no unix socket) is still a bus: every call through dbus-next', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.seed([fakeMachine('alpha', process.pid)]);
+  const refusing = await rogueBus(t, 'REJECTED EXTERNAL\r\n');
+  for (const [address, why] of [
+    [splitAddress(refusing, fake.bus.socketPath), /authentication refused/],
+    [`unix:socket=${fake.bus.socketPath}`, /no unix socket/],
+  ] as const) {
+    const conn = await BusConnection.open(address, { timeoutMs: 5_000 });
+    t.teardown(() => conn.close());
+    t.false(conn.directCalls, address);
+    t.regex(conn.directCallsError ?? '', why);
+    t.is(await new Machine1Client(conn).getMachine('alpha'), '/org/freedesktop/machine1/machine/alpha');
+    t.deepEqual(conn.callCounts, { direct: 0, generic: 1 });
+  }
 });

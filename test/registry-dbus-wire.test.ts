@@ -254,10 +254,11 @@ test('a call without arguments has no signature field and an empty body, as dbus
   t.deepEqual(bytes, compat.marshallMessage({ ...header, type: MessageKind.METHOD_CALL, body: [] })[0]);
 });
 
-test('canEncode takes strings and 32-bit integers only, of the right kind and range', (t) => {
+test('canEncode takes strings, object paths, 32-bit integers and booleans only, of the right kind and range', (t) => {
   t.true(canEncode('', []));
   t.true(canEncode('s', ['x']));
   t.true(canEncode('ui', [0xffffffff, -0x80000000]));
+  t.true(canEncode('bb', [true, false]));
   t.false(canEncode('s', [1]), 'type mismatch');
   t.false(canEncode('s', []), 'count mismatch');
   t.false(canEncode('u', [-1]));
@@ -268,6 +269,95 @@ test('canEncode takes strings and 32-bit integers only, of the right kind and ra
   t.false(canEncode('t', [1n]), '64-bit goes through dbus-next');
   t.false(canEncode('ay', [Buffer.alloc(1)]));
   t.false(canEncode('a{sv}', [{}]));
+});
+
+test('canEncode refuses what the bus would disconnect us for: a NUL in a string, an object path that is not one', (t) => {
+  t.true(canEncode('o', ['/']));
+  t.true(canEncode('o', ['/org/freedesktop/machine1/machine/_2dweird']));
+  for (const bad of ['', 'org', '//', '/a/', '/a//b', '/a-b', '/ä', '/a\0'])
+    t.false(canEncode('o', [bad]), JSON.stringify(bad));
+  t.false(canEncode('s', ['a\0b']));
+  t.false(canEncode('ss', ['fine', '\0']));
+  t.true(canEncode('s', ['ünï\u{1f600}']));
+});
+
+/**
+ * Fills the rest of the current Buffer.allocUnsafe pool with a non-zero byte, so that a writer
+ * relying on zeroed memory for its padding shows it in the next small allocation.
+ */
+function dirtyBufferPool(): void {
+  const probe = Buffer.allocUnsafe(1);
+  new Uint8Array(probe.buffer).fill(0xa5, probe.byteOffset + 1);
+}
+
+/** Every signature the registry's calls send with simple arguments (machine1.ts, daemon/resolved.ts). */
+const SENT_SIGNATURES = [
+  '',
+  's',
+  'u',
+  'i',
+  'b',
+  'o',
+  'ss',
+  'sss',
+  'su',
+  'si',
+  'ssi',
+  'sb',
+  'ssb',
+  'ssbb',
+  'sssbb',
+  'ib',
+  'soiub',
+];
+
+test('calls are written byte for byte as dbus-next writes them, strings of 0 to 300 bytes in any position', (t) => {
+  const header = {
+    destination: 'org.freedesktop.machine1',
+    path: '/org/freedesktop/machine1',
+    interface: 'org.freedesktop.machine1.Manager',
+    member: 'KillMachine',
+    flags: 0x2,
+  };
+  const value = (code: string, length: number): unknown => {
+    switch (code) {
+      case 's':
+        return 'x'.repeat(length);
+      case 'o':
+        return `/${'p'.repeat(length)}`;
+      case 'i':
+        return -length - 1;
+      case 'u':
+        return 0xffffff00 + (length % 256);
+      default:
+        return length % 2 === 0;
+    }
+  };
+  let compared = 0;
+  for (const signature of SENT_SIGNATURES) {
+    const codes = signature.split(''); // type codes are ASCII
+    const strings = codes.flatMap((c, i) => (c === 's' || c === 'o' ? [i] : []));
+    for (let length = 0; length <= 300; length++) {
+      // the long string at each position in turn (the others short), and all strings long
+      const variants = [...strings.map((p) => [p]), strings];
+      for (const long of variants) {
+        const body = codes.map((c, i) => value(c, long.includes(i) ? length : 3));
+        if (!canEncode(signature, body)) return t.fail(`canEncode ${signature} ${JSON.stringify(body)}`);
+        const h = { ...header, serial: ++compared, signature };
+        dirtyBufferPool();
+        let ours: Buffer;
+        try {
+          ours = encodeCall(h, body);
+        } catch (err) {
+          return t.fail(`${signature}, strings at ${long.join(',')} of ${length} bytes: ${String(err)}`);
+        }
+        const theirs = compat.marshallMessage({ ...h, type: MessageKind.METHOD_CALL, body: [...body] })[0];
+        if (!ours.equals(theirs))
+          return t.fail(`${signature}, strings at ${long.join(',')} of ${length} bytes: bytes differ`);
+      }
+    }
+  }
+  t.true(compared > 10_000, `${compared} calls compared`);
 });
 
 test('malformed input is a WireError, never another exception', (t) => {

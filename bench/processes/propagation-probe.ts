@@ -98,7 +98,7 @@ function run(cmd: string, args: readonly string[]): Promise<void> {
 async function main(): Promise<void> {
   const o = ProbeOptions.parse(JSON.parse(process.argv[2] ?? '{}'));
   const conn = await BusConnection.open(o.bus);
-  const listener = await BusConnection.open(o.bus);
+  const listener = await BusConnection.open(o.bus, { directCalls: false }); // signals only
   const machine1 = new Machine1Client(conn);
   const signals = new Map<string, number>();
   listener.onSignal((s) => {

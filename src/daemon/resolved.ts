@@ -146,7 +146,8 @@ export class ResolvedRegistration {
       },
       this.opts.logger,
     );
-    const conn = await BusConnection.open(this.opts.busAddress);
+    // a few calls each time resolved appears: not worth a second connection to the bus
+    const conn = await BusConnection.open(this.opts.busAddress, { directCalls: false });
     this.conn = conn;
     conn.onSignal((s) => this.onSignal(s));
     conn.onClose((reason) => {

@@ -5,10 +5,10 @@
  * named `BusError` values. Replies are returned as raw bodies; callers parse them with zod.
  *
  * dbus-next (@particle fork, pinned: reference/peers.md §5) is used only for the wire format and the
- * authentication handshake, except for calls whose arguments are strings and integers
- * (GetMachineAddresses, Properties.GetAll, …): those go over a second, lean connection with our own
- * codec (dbus-channel.ts, dbus-wire.ts), about half of dbus-next's CPU per call or less. Either connection ending
- * ends this BusConnection.
+ * authentication handshake, except for calls whose arguments are strings, object paths, 32-bit
+ * integers and booleans (GetMachineAddresses, Properties.GetAll, …): those go over a second, lean
+ * connection with our own codec (dbus-channel.ts, dbus-wire.ts), about half of dbus-next's CPU per
+ * call or less. Either connection ending ends this BusConnection.
  */
 import {
   DBusError,
@@ -19,8 +19,16 @@ import {
   type MessageBus,
 } from '@particle/dbus-next';
 import type { Socket } from 'node:net';
-import { CallChannel } from './dbus-channel.js';
-import { WireError, canEncode, decodeBody, MessageKind, type WireMessage } from './dbus-wire.js';
+import { CallChannel, ChannelUnusable } from './dbus-channel.js';
+import {
+  WireError,
+  badObjectPathArgument,
+  canEncode,
+  decodeBody,
+  isObjectPath,
+  MessageKind,
+  type WireMessage,
+} from './dbus-wire.js';
 
 /** Named failures of a D-Bus call, with the wire error name kept for logs. */
 export type BusErrorCode =
@@ -131,7 +139,7 @@ export function systemBusAddress(env: NodeJS.ProcessEnv = process.env): string {
 }
 
 export interface BusOpenOptions {
-  /** Deadline of the connection and its handshake (default 5 s). */
+  /** Deadline of the connection and its handshake, both connections' (default 5 s). */
   readonly timeoutMs?: number;
   /** Open the lean call connection (default true); false: every call through dbus-next. */
   readonly directCalls?: boolean;
@@ -142,13 +150,15 @@ export class BusConnection {
   private readonly signalListeners = new Set<(signal: BusSignal) => void>();
   private readonly closeListeners = new Set<(reason: string) => void>();
   private closedReason: string | undefined;
-  /** Calls made, by path: `direct` over the lean connection, `generic` through dbus-next. */
+  /** Calls made, by path: `direct` over the lean connection, `generic` through dbus-next (a test hook). */
   readonly callCounts = { direct: 0, generic: 0 };
 
   private constructor(
     private readonly bus: MessageBus,
     readonly address: string,
     private readonly channel: CallChannel | undefined,
+    /** Why calls all go through dbus-next, when they do. */
+    readonly directCallsError: string | undefined,
   ) {
     bus.on('message', (msg: Message) => {
       if (msg.type !== MessageType.SIGNAL) return;
@@ -167,71 +177,81 @@ export class BusConnection {
 
   /**
    * Connects and completes the Hello exchange; rejects with a BusError when the bus is not there.
-   * `options` as a number is the timeout (the former signature).
+   * The lean connection is opened at the same time, under the same deadline; a bus it cannot use
+   * (ChannelUnusable) is still a bus, and dbus-next makes every call then. Any other failure of it,
+   * a timeout included, fails the open: the bus is not answering as it should.
    */
-  static async open(address: string, options: number | BusOpenOptions = {}): Promise<BusConnection> {
-    const o = typeof options === 'number' ? { timeoutMs: options } : options;
-    const timeoutMs = o.timeoutMs ?? 5_000;
-    let channel: CallChannel | undefined;
-    let channelError = 'turned off';
-    if (o.directCalls ?? true) {
-      try {
-        channel = await CallChannel.open(address, timeoutMs);
-      } catch (err) {
-        // A bus we cannot reach with our own codec (not a unix socket, say) is still a bus:
-        // dbus-next makes every call then. Not reaching it at all is reported by dbus-next below.
-        channelError = describe(err);
-      }
-    }
-    try {
-      const conn = await BusConnection.openGeneric(address, timeoutMs, channel);
-      if (!channel) conn.directCallsError = channelError;
-      return conn;
-    } catch (err) {
-      channel?.close();
-      throw err;
-    }
+  static open(address: string, options: BusOpenOptions = {}): Promise<BusConnection> {
+    const timeoutMs = options.timeoutMs ?? 5_000;
+    const lean: Promise<CallChannel | Error> =
+      (options.directCalls ?? true)
+        ? CallChannel.open(address, timeoutMs).catch((err: unknown) =>
+            err instanceof Error ? err : new Error(String(err)),
+          )
+        : Promise.resolve(new ChannelUnusable('turned off'));
+    return BusConnection.openGeneric(address, timeoutMs, lean);
   }
 
-  /** Why calls all go through dbus-next, when they do. */
-  directCallsError: string | undefined;
-
+  /** dbus-next's connection, completed with the lean one's outcome (`lean` never rejects). */
   private static openGeneric(
     address: string,
     timeoutMs: number,
-    channel: CallChannel | undefined,
+    lean: Promise<CallChannel | Error>,
   ): Promise<BusConnection> {
     return new Promise((resolve, reject) => {
+      let settled = false;
+      const cannotConnect = (err: unknown): void => {
+        settled = true;
+        // a lean connection that opens after all is not needed
+        void lean.then((l) => {
+          if (l instanceof CallChannel) l.close();
+        });
+        reject(new BusError('Disconnected', `cannot connect to ${address}: ${describe(err)}`));
+      };
       let bus: MessageBus;
       try {
         bus = sessionBus({ busAddress: address, authMethods: ['EXTERNAL'] });
       } catch (err) {
-        reject(new BusError('Disconnected', `cannot connect to ${address}: ${describe(err)}`));
+        cannotConnect(err);
         return;
       }
       const timer = setTimeout(() => {
         fail(new Error('timed out'));
       }, timeoutMs);
       const fail = (err: unknown): void => {
+        if (settled) return;
         clearTimeout(timer);
-        bus.removeListener('connect', ok);
+        bus.removeListener('connect', connected);
         streamOf(bus)?.destroy();
-        reject(new BusError('Disconnected', `cannot connect to ${address}: ${describe(err)}`));
+        cannotConnect(err);
       };
-      const ok = (): void => {
-        clearTimeout(timer);
-        bus.removeListener('error', fail);
-        const conn = new BusConnection(bus, address, channel);
+      const connected = (): void => {
         const stream = streamOf(bus);
         if (!stream) {
-          conn.markClosed('no stream');
-          reject(new BusError('Disconnected', `cannot connect to ${address}: unsupported transport`));
+          fail(new Error('unsupported transport'));
           return;
         }
-        stream.once('close', () => conn.markClosed('connection closed by the bus'));
-        resolve(conn);
+        const lost = (): void => fail(new Error('connection closed by the bus'));
+        stream.once('close', lost);
+        void lean.then((l) => {
+          if (settled) return;
+          if (l instanceof Error && !(l instanceof ChannelUnusable)) {
+            fail(new Error(`call connection: ${l.message}`));
+            return;
+          }
+          settled = true;
+          clearTimeout(timer);
+          bus.removeListener('error', fail);
+          stream.removeListener('close', lost);
+          const conn =
+            l instanceof CallChannel
+              ? new BusConnection(bus, address, l, undefined)
+              : new BusConnection(bus, address, undefined, l.message);
+          stream.once('close', () => conn.markClosed('connection closed by the bus'));
+          resolve(conn);
+        });
       };
-      bus.once('connect', ok);
+      bus.once('connect', connected);
       bus.once('error', fail);
     });
   }
@@ -246,7 +266,7 @@ export class BusConnection {
     return typeof name === 'string' ? name : '';
   }
 
-  /** True when calls with string and integer arguments take the lean connection. */
+  /** True when calls `canEncode` takes go over the lean connection (a test hook). */
   get directCalls(): boolean {
     return this.channel !== undefined && !this.channel.closed;
   }
@@ -257,28 +277,46 @@ export class BusConnection {
       return Promise.reject(new BusError('Disconnected', `not connected: ${this.closedReason}`));
     const signature = spec.signature ?? '';
     const body = spec.body ?? [];
-    if (this.channel && canEncode(signature, body))
+    // dbus-next checks the header fields itself and refuses what is wrong locally; ours does not
+    if (this.channel && isObjectPath(spec.path) && canEncode(signature, body))
       return this.callDirect(this.channel, spec, signature, body);
     return this.callGeneric(spec);
   }
 
-  /** Through dbus-next's connection: the one that receives signals, so match rules go this way. */
+  /**
+   * Through dbus-next's connection: the one that receives signals, so match rules and calls whose
+   * answer must not be older than a signal go this way.
+   */
   private callGeneric(spec: CallSpec): Promise<unknown[]> {
     if (this.closedReason !== undefined)
       return Promise.reject(new BusError('Disconnected', `not connected: ${this.closedReason}`));
+    const what = `${spec.interface}.${spec.member}`;
+    const signature = spec.signature ?? '';
+    const body = spec.body ?? [];
+    const badPath = badObjectPathArgument(signature, body);
+    if (badPath !== undefined)
+      return Promise.reject(
+        new BusError('InvalidArgs', `${what}: not an object path: ${JSON.stringify(badPath)}`),
+      );
+    let msg: Message;
+    try {
+      msg = new Message({
+        type: MessageType.METHOD_CALL,
+        destination: spec.destination,
+        path: spec.path,
+        interface: spec.interface,
+        member: spec.member,
+        signature,
+        body: [...body],
+        flags: spec.noAutoStart ? MessageFlag.NO_AUTO_START : 0,
+      });
+    } catch (err) {
+      // an invalid destination, path, interface or member name
+      return Promise.reject(new BusError('InvalidArgs', `${what}: ${describe(err)}`));
+    }
     this.callCounts.generic++;
-    const msg = new Message({
-      type: MessageType.METHOD_CALL,
-      destination: spec.destination,
-      path: spec.path,
-      interface: spec.interface,
-      member: spec.member,
-      signature: spec.signature ?? '',
-      body: [...(spec.body ?? [])],
-      flags: spec.noAutoStart ? MessageFlag.NO_AUTO_START : 0,
-    });
     return this.awaitReply(
-      `${spec.interface}.${spec.member}`,
+      what,
       spec.timeoutMs,
       this.bus.call(msg),
       (reply) => (reply && Array.isArray(reply.body) ? (reply.body as unknown[]) : []),
@@ -311,7 +349,10 @@ export class BusConnection {
       spec.timeoutMs,
       sent.reply,
       (reply) => replyBody(reply, what),
-      (err) => new BusError('Disconnected', `${what}: ${describe(err)}`),
+      (err) =>
+        err instanceof WireError
+          ? new BusError('InvalidArgs', `${what}: ${err.message}`)
+          : new BusError('Disconnected', `${what}: ${describe(err)}`),
       () => {
         channel.abandon(sent.serial);
       },
@@ -366,10 +407,14 @@ export class BusConnection {
     });
   }
 
-  /** The unique name owning `name`, or undefined when nobody does. */
+  /**
+   * The unique name owning `name`, or undefined when nobody does. Through dbus-next's connection,
+   * as NameOwnerChanged comes: the bus orders the answer with the signals, so a "no owner" answer is
+   * never read after the signal that gave `name` its owner.
+   */
   async getNameOwner(name: string): Promise<string | undefined> {
     try {
-      const [owner] = await this.call({
+      const [owner] = await this.callGeneric({
         destination: DBUS_NAME,
         path: DBUS_PATH,
         interface: DBUS_NAME,
@@ -403,7 +448,6 @@ export class BusConnection {
   close(): void {
     if (this.closedReason !== undefined) return;
     this.markClosed('closed');
-    this.channel?.close();
     try {
       this.bus.disconnect();
     } catch {

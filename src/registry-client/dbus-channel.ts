@@ -4,9 +4,12 @@
  * authentication, one Hello. BusConnection owns it next to dbus-next's connection, which keeps
  * signals, match rules and every call this codec cannot write; either connection ending ends both.
  *
- * Replies on this connection and signals on the other are not ordered with each other. The registry
- * does not depend on that order: a fetch result for a machine removed meanwhile is dropped by its
- * per-name epoch (sync.ts), and a result that arrives before the removal is undone by it.
+ * Replies on this connection and signals on the other are not ordered with each other. So the calls
+ * whose answers are weighed against signals stay on dbus-next's connection, where the bus orders
+ * both: AddMatch and GetNameOwner (a "no owner" answer read after the NameOwnerChanged that gave
+ * machined its name would undo it). Machine fetches come here: a fetch result for a machine removed
+ * meanwhile is dropped by its per-name epoch (sync.ts), and a result that arrives before the removal
+ * is undone by it.
  */
 import { connect, type Socket } from 'node:net';
 import {
@@ -17,6 +20,14 @@ import {
   encodeCall,
   type WireMessage,
 } from './dbus-wire.js';
+
+/**
+ * The bus cannot be used this way at all (no unix socket in its address, our authentication
+ * refused): the caller may make its calls another way. A timeout or a broken connection is not this.
+ */
+export class ChannelUnusable extends Error {
+  override readonly name = 'ChannelUnusable';
+}
 
 export interface ChannelCall {
   readonly destination: string;
@@ -82,7 +93,7 @@ export class CallChannel {
   /** Connects, authenticates (EXTERNAL) and says Hello; rejects when any of it fails. */
   static async open(address: string, timeoutMs = 5_000): Promise<CallChannel> {
     const path = unixSocketPath(address);
-    if (path === undefined) throw new Error(`no unix socket in bus address ${address}`);
+    if (path === undefined) throw new ChannelUnusable(`no unix socket in bus address ${address}`);
     const socket = connect(path);
     const timer = setTimeout(() => socket.destroy(new Error(`no answer in ${timeoutMs} ms`)), timeoutMs);
     try {
@@ -93,7 +104,7 @@ export class CallChannel {
       const uid = process.getuid?.() ?? 0;
       socket.write(`\0AUTH EXTERNAL ${Buffer.from(String(uid)).toString('hex')}\r\n`);
       const line = await readLine(socket);
-      if (!line.startsWith('OK ')) throw new Error(`authentication refused: ${line}`);
+      if (!line.startsWith('OK ')) throw new ChannelUnusable(`authentication refused: ${line}`);
       socket.write('BEGIN\r\n');
       const channel = new CallChannel(socket);
       const hello = await channel.call({
@@ -121,14 +132,21 @@ export class CallChannel {
 
   /**
    * Sends a call; `reply` resolves to its METHOD_RETURN or ERROR message and rejects when the
-   * connection ends. `serial` is what `abandon` takes.
+   * connection ends, or with a WireError when the call cannot be written (nothing is sent then).
+   * `serial` is what `abandon` takes.
    */
   send(c: ChannelCall): { readonly serial: number; readonly reply: Promise<WireMessage> } {
     const serial = this.serial;
     if (this.closedReason !== undefined)
       return { serial, reply: Promise.reject(new Error(this.closedReason)) };
     this.serial = serial >= 0xffffffff ? 1 : serial + 1;
-    const bytes = encodeCall({ ...c, serial, flags: c.noAutoStart ? NO_AUTO_START : 0 }, c.body);
+    let bytes: Buffer;
+    try {
+      bytes = encodeCall({ ...c, serial, flags: c.noAutoStart ? NO_AUTO_START : 0 }, c.body);
+    } catch (err) {
+      const wire = err instanceof WireError ? err : new WireError(`cannot write the call: ${String(err)}`);
+      return { serial, reply: Promise.reject(wire) };
+    }
     const reply = new Promise<WireMessage>((resolve, reject) => {
       this.pending.set(serial, { resolve, reject });
     });
@@ -154,7 +172,7 @@ export class CallChannel {
     this.pending.delete(serial);
   }
 
-  /** Calls still waiting for a reply. */
+  /** Calls still waiting for a reply (a test hook). */
   get waiting(): number {
     return this.pending.size;
   }

@@ -1,11 +1,12 @@
 /**
  * The D-Bus wire format for the method calls the registry makes most: a method call with a body of
- * strings and integers out, any reply in. Through dbus-next a GetMachineAddresses cost
- * 94–277 µs of our CPU, 16 in flight (its generic marshaller builds each message from small
- * buffers and converts every reply twice); through this codec and BusConnection 45–101 µs, most of
- * it the socket and the promise (BENCHMARKS.md, 2026-12-02). Values come out in dbus-next's shapes, so the
- * callers' zod schemas do not care which path a reply took: `t`/`x` as bigint, `ay` as Buffer, a
- * dict as a plain object, a variant as dbus-next's `Variant`, a struct as an array.
+ * strings, object paths, 32-bit integers and booleans out, any reply in. Through dbus-next a
+ * GetMachineAddresses cost 94–277 µs of our CPU, 16 in flight (its generic marshaller builds each
+ * message from small buffers and converts every reply twice); through this codec and BusConnection
+ * 45–101 µs, most of it the socket and the promise (BENCHMARKS.md, 2026-12-02). Values come out in
+ * dbus-next's shapes, so the callers' zod schemas do not care which path a reply took: `t`/`x` as
+ * bigint, `ay` as Buffer, a dict as a plain object, a variant as dbus-next's `Variant`, a struct as
+ * an array.
  *
  * Little-endian messages are written; both byte orders are read. Unix fds (`h`) are not supported.
  * Specification: https://dbus.freedesktop.org/doc/dbus-specification.html#message-protocol
@@ -36,15 +37,28 @@ export class WireError extends Error {
 /** The argument types `encodeCall` writes: what the registry's frequent calls carry. */
 const WRITABLE = /^[soiub]*$/;
 
-/** True when `signature` and `body` can be written by `encodeCall`. */
+/** The specification's object path: `/`, or `/`-separated non-empty elements of [A-Za-z0-9_]. */
+const OBJECT_PATH = /^\/$|^(?:\/[A-Za-z0-9_]+)+$/;
+
+export function isObjectPath(value: string): boolean {
+  return OBJECT_PATH.test(value);
+}
+
+/**
+ * True when `signature` and `body` can be written by `encodeCall` as a message the bus accepts. A
+ * string with a NUL or a malformed object path is refused here: the bus disconnects a client that
+ * sends one, which would end every call of the BusConnection.
+ */
 export function canEncode(signature: string, body: readonly unknown[]): boolean {
   if (!WRITABLE.test(signature) || body.length !== signature.length) return false;
   for (let i = 0; i < body.length; i++) {
     const v = body[i];
     switch (signature[i]) {
       case 's':
+        if (typeof v !== 'string' || v.includes('\0')) return false;
+        break;
       case 'o':
-        if (typeof v !== 'string') return false;
+        if (typeof v !== 'string' || !OBJECT_PATH.test(v)) return false;
         break;
       case 'i':
         if (!Number.isInteger(v) || (v as number) < -0x80000000 || (v as number) > 0x7fffffff) return false;
@@ -61,6 +75,27 @@ export function canEncode(signature: string, body: readonly unknown[]): boolean 
     }
   }
   return true;
+}
+
+/**
+ * A top-level object-path argument of `body` that is not one, if any. dbus-next does not check
+ * them (a TODO in its marshaller) and sends them for the bus to disconnect it, so they are refused
+ * before either path. Object paths nested in arrays, structs or variants are not looked at.
+ */
+export function badObjectPathArgument(signature: string, body: readonly unknown[]): string | undefined {
+  if (!signature.includes('o')) return undefined;
+  let types: readonly TypeNode[];
+  try {
+    types = parseSignature(signature);
+  } catch (err) {
+    if (err instanceof WireError) return undefined; // dbus-next refuses a malformed signature itself
+    throw err;
+  }
+  for (let i = 0; i < types.length; i++) {
+    const v = body[i];
+    if (types[i]?.code === 'o' && typeof v === 'string' && !OBJECT_PATH.test(v)) return v;
+  }
+  return undefined;
 }
 
 export interface CallHeader {
@@ -97,9 +132,7 @@ export function encodeCall(h: CallHeader, body: readonly unknown[]): Buffer {
         w.string(v as string);
         break;
       case 'i':
-        w.align(4);
-        w.buf.writeInt32LE(v as number, w.off);
-        w.off += 4;
+        w.i32(v as number);
         break;
       case 'u':
         w.u32(v as number);
@@ -118,13 +151,14 @@ export function encodeCall(h: CallHeader, body: readonly unknown[]): Buffer {
   return out;
 }
 
+/** Writes every byte up to `off` itself, padding included: its buffers are not zero-filled. */
 class Writer {
-  buf = Buffer.alloc(256);
+  buf = Buffer.allocUnsafe(256);
   off = 0;
 
   private room(n: number): void {
     if (this.off + n <= this.buf.length) return;
-    const bigger = Buffer.alloc(Math.max(this.buf.length * 2, this.off + n));
+    const bigger = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.off + n));
     this.buf.copy(bigger, 0, 0, this.off);
     this.buf = bigger;
   }
@@ -146,6 +180,13 @@ class Writer {
     this.align(4);
     this.room(4);
     this.buf.writeUInt32LE(v, this.off);
+    this.off += 4;
+  }
+
+  i32(v: number): void {
+    this.align(4);
+    this.room(4);
+    this.buf.writeInt32LE(v, this.off);
     this.off += 4;
   }
 
