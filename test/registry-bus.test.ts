@@ -11,7 +11,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BusConnection, DBUS_NAME, isBusError, matchRule } from '../src/registry-client/bus.js';
+import { BusConnection, DBUS_NAME, isBusError, nameOwnerRule } from '../src/registry-client/bus.js';
 import { CallChannel } from '../src/registry-client/dbus-channel.js';
 import { MACHINE1_NAME, MACHINE1_SIGNAL_RULES, Machine1Client } from '../src/registry-client/machine1.js';
 import { FakeMachinedHandle } from './support/fake.js';
@@ -189,15 +189,7 @@ test('[test double] GetNameOwner goes over the connection that receives NameOwne
   const conn = await BusConnection.open(fake.busAddress);
   t.teardown(() => conn.close());
   t.true(conn.directCalls);
-  await conn.addMatch(
-    matchRule({
-      type: 'signal',
-      sender: DBUS_NAME,
-      interface: DBUS_NAME,
-      member: 'NameOwnerChanged',
-      arg0: MACHINE1_NAME,
-    }),
-  );
+  await conn.addMatch(nameOwnerRule(MACHINE1_NAME));
   const events: string[] = [];
   const appeared = new Promise<string>((resolve) => {
     conn.onSignal((s) => {

@@ -14,7 +14,7 @@ import { execFile, spawn } from 'node:child_process';
 import { isIP } from 'node:net';
 import { createInterface } from 'node:readline';
 import { z } from 'zod';
-import { BusConnection, DBUS_NAME, isBusError, matchRule, type BusSignal } from '../registry-client/bus.js';
+import { BusConnection, isBusError, nameOwnerRule, type BusSignal } from '../registry-client/bus.js';
 import { parseAddress, AF_INET, AF_INET6 } from '../registry-client/address.js';
 import type { Logger } from '../log.js';
 
@@ -153,15 +153,7 @@ export class ResolvedRegistration {
     conn.onClose((reason) => {
       if (!this.closed) this.opts.logger.warn(`resolved registration: bus connection lost (${reason})`);
     });
-    await conn.addMatch(
-      matchRule({
-        type: 'signal',
-        sender: DBUS_NAME,
-        interface: DBUS_NAME,
-        member: 'NameOwnerChanged',
-        arg0: RESOLVE1_NAME,
-      }),
-    );
+    await conn.addMatch(nameOwnerRule(RESOLVE1_NAME));
     if (await conn.getNameOwner(RESOLVE1_NAME)) await this.apply();
     else this.opts.logger.info('systemd-resolved is not running; will register when it appears');
   }

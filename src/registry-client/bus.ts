@@ -133,6 +133,17 @@ export function matchRule(fields: Readonly<Record<string, string>>): string {
     .join(',');
 }
 
+/** The rule for the bus's NameOwnerChanged signals about `name` (it appearing, going, changing hands). */
+export function nameOwnerRule(name: string): string {
+  return matchRule({
+    type: 'signal',
+    sender: DBUS_NAME,
+    interface: DBUS_NAME,
+    member: 'NameOwnerChanged',
+    arg0: name,
+  });
+}
+
 /** The bus address machined lives on: `$DBUS_SYSTEM_BUS_ADDRESS`, else the standard socket. */
 export function systemBusAddress(env: NodeJS.ProcessEnv = process.env): string {
   return env.DBUS_SYSTEM_BUS_ADDRESS ?? 'unix:path=/run/dbus/system_bus_socket';

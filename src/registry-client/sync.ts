@@ -20,7 +20,7 @@
  *   process: a user namespace's maps are written once, so a failed re-read (EMFILE, a transient
  *   error) says nothing new about them, and serving from what is known beats serving nothing.
  */
-import { BusConnection, isBusError, matchRule, DBUS_NAME, type BusError, type BusSignal } from './bus.js';
+import { BusConnection, isBusError, nameOwnerRule, DBUS_NAME, type BusError, type BusSignal } from './bus.js';
 import { formatAddress, isLinkLocal, AF_INET, AF_INET6 } from './address.js';
 import { procHost, sortLikeMachined, type AccountsRead, type HostReader, type MapRead } from './host.js';
 import {
@@ -92,13 +92,7 @@ export const DEFAULTS = {
   reconnectMaxMs: 5_000,
 };
 
-const NAME_OWNER_RULE = matchRule({
-  type: 'signal',
-  sender: DBUS_NAME,
-  interface: DBUS_NAME,
-  member: 'NameOwnerChanged',
-  arg0: MACHINE1_NAME,
-});
+const NAME_OWNER_RULE = nameOwnerRule(MACHINE1_NAME);
 
 /**
  * How long the leader check reads /proc (a few µs per leader) before it lets queries in: slices of
