@@ -316,3 +316,23 @@ test('[test double] a bus the lean path cannot use (authentication refused, no u
     t.deepEqual(conn.callCounts, { direct: 0, generic: 1 });
   }
 });
+
+test('[test double] the lean connection answers calls addressed to it: Peer.Ping, GetMachineId, Introspect, UnknownMethod at once', async (t) => {
+  const { direct, generic } = await setup(t);
+  const lean = channelOf(direct).uniqueName;
+  t.regex(lean, /^:\d+\.\d+$/);
+  t.not(lean, direct.uniqueName, 'the lean connection has a name of its own');
+  const call = (iface: string, member: string): Promise<unknown[]> =>
+    generic.call({ destination: lean, path: '/', interface: iface, member, timeoutMs: 2_000 });
+  t.deepEqual(await call('org.freedesktop.DBus.Peer', 'Ping'), []);
+  const [id] = await call('org.freedesktop.DBus.Peer', 'GetMachineId');
+  t.regex(String(id), /^[0-9a-f]{32}$/);
+  const [xml] = await call('org.freedesktop.DBus.Introspectable', 'Introspect');
+  t.regex(String(xml), /<interface name="org.freedesktop.DBus.Peer">/);
+  const started = Date.now();
+  const err = await t.throwsAsync(call('org.freedesktop.machine1.Manager', 'ListMachines'));
+  t.true(isBusError(err, 'UnknownMethod'), String(err));
+  t.true(Date.now() - started < 1_000, 'answered, not timed out');
+  // the connection still makes its own calls afterwards
+  t.is((await new Machine1Client(direct, { noAutoStart: true }).listMachines()).length, 2);
+});

@@ -7,10 +7,11 @@
 import { Variant } from '@particle/dbus-next';
 import test from 'ava';
 import { createRequire } from 'node:module';
-import { unixSocketPath } from '../src/registry-client/dbus-channel.js';
+import { INTROSPECTION, answerCall, unixSocketPath } from '../src/registry-client/dbus-channel.js';
 import {
   MessageKind,
   MessageReader,
+  NO_REPLY_EXPECTED,
   WireError,
   canEncode,
   decodeBody,
@@ -391,4 +392,99 @@ test('unixSocketPath: path, abstract, escapes, the first unix entry; none for tc
   t.is(unixSocketPath('unix:abstract=/tmp/dbus-x'), '\0/tmp/dbus-x');
   t.is(unixSocketPath('tcp:host=localhost,port=1;unix:path=/s'), '/s');
   t.is(unixSocketPath('tcp:host=localhost,port=1'), undefined);
+});
+
+/** A method call as the bus delivers it to us, written by dbus-next (the reference). */
+function incomingCall(
+  iface: string | undefined,
+  member: string,
+  extra: Record<string, unknown> = {},
+): WireMessage {
+  return readOne(
+    compat.marshallMessage({
+      type: MessageKind.METHOD_CALL,
+      serial: 77,
+      destination: ':1.9',
+      sender: ':1.3',
+      path: '/some/path',
+      ...(iface === undefined ? {} : { interface: iface }),
+      member,
+      ...extra,
+    })[0],
+  );
+}
+
+/**
+ * Our answer, read back by dbus-next; one without a body by our reader (dbus-next's `unmarshall`
+ * needs a signature field; its connection reads bodiless messages another way).
+ */
+function answerOf(
+  call: WireMessage,
+  machineId: () => string | Error = () => 'ab'.repeat(16),
+): Record<string, unknown> {
+  const bytes = answerCall(call, 5, machineId);
+  if (!bytes) throw new Error('no answer');
+  const ours = readOne(bytes);
+  if (ours.signature === '')
+    return { type: ours.kind, serial: ours.serial, replySerial: ours.replySerial, body: decodeBody(ours) };
+  const back = dbusMessage.unmarshall(bytes, { ayBuffer: true });
+  return { ...back, body: compat.messageToJsFmt(back).body };
+}
+
+test('a method call received carries the header fields an answer needs', (t) => {
+  const m = incomingCall('org.freedesktop.DBus.Peer', 'Ping', { flags: NO_REPLY_EXPECTED });
+  t.like(m, {
+    kind: MessageKind.METHOD_CALL,
+    serial: 77,
+    flags: NO_REPLY_EXPECTED,
+    sender: ':1.3',
+    path: '/some/path',
+    interface: 'org.freedesktop.DBus.Peer',
+    member: 'Ping',
+    signature: '',
+  });
+});
+
+test('calls to the lean connection: Peer and Introspectable answered, anything else UnknownMethod, none when no reply is wanted', (t) => {
+  const reply = { type: MessageKind.METHOD_RETURN, serial: 5, replySerial: 77, destination: ':1.3' };
+  const empty = { type: MessageKind.METHOD_RETURN, serial: 5, replySerial: 77, body: [] };
+  t.like(answerOf(incomingCall('org.freedesktop.DBus.Peer', 'Ping')), empty);
+  t.like(answerOf(incomingCall(undefined, 'Ping')), empty, 'no interface: the method name alone');
+  t.like(answerOf(incomingCall('org.freedesktop.DBus.Peer', 'GetMachineId')), {
+    ...reply,
+    signature: 's',
+    body: ['ab'.repeat(16)],
+  });
+  t.like(
+    answerOf(incomingCall('org.freedesktop.DBus.Peer', 'GetMachineId'), () => new Error('cannot read it')),
+    {
+      type: MessageKind.ERROR,
+      errorName: 'org.freedesktop.DBus.Error.FileNotFound',
+      body: ['cannot read it'],
+    },
+  );
+  t.like(answerOf(incomingCall('org.freedesktop.DBus.Introspectable', 'Introspect')), {
+    ...reply,
+    body: [INTROSPECTION],
+  });
+  const unknown = answerOf(incomingCall('org.example.Frob', 'Frobnicate'));
+  t.like(unknown, {
+    type: MessageKind.ERROR,
+    replySerial: 77,
+    destination: ':1.3',
+    errorName: 'org.freedesktop.DBus.Error.UnknownMethod',
+  });
+  t.regex(String((unknown.body as unknown[])[0]), /Frobnicate/);
+  t.like(answerOf(incomingCall('org.freedesktop.DBus.Peer', 'Ping', { signature: 's', body: ['x'] })), {
+    type: MessageKind.ERROR,
+    errorName: 'org.freedesktop.DBus.Error.InvalidArgs',
+  });
+  t.is(
+    answerCall(incomingCall('org.freedesktop.DBus.Peer', 'Ping', { flags: NO_REPLY_EXPECTED }), 5, () => ''),
+    undefined,
+  );
+  t.is(
+    answerCall(incomingCall('org.example.Frob', 'Frobnicate', { flags: NO_REPLY_EXPECTED }), 5, () => ''),
+    undefined,
+  );
 });

@@ -10,14 +10,23 @@
  * machined its name would undo it). Machine fetches come here: a fetch result for a machine removed
  * meanwhile is dropped by its per-name epoch (sync.ts), and a result that arrives before the removal
  * is undone by it.
+ *
+ * Like any bus client it answers the calls addressed to it (`busctl`, a monitoring tool pinging every
+ * peer): org.freedesktop.DBus.Peer and Introspectable, and UnknownMethod for everything else, so a
+ * caller is told at once instead of waiting for its timeout.
  */
+import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import {
   MessageKind,
   MessageReader,
   NO_AUTO_START,
+  NO_REPLY_EXPECTED,
   WireError,
+  decodeBody,
   encodeCall,
+  encodeError,
+  encodeReturn,
   type WireMessage,
 } from './dbus-wire.js';
 
@@ -66,8 +75,75 @@ function unescapeAddressValue(value: string): string {
   return value.replace(/%([0-9a-fA-F]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)));
 }
 
+const PEER = 'org.freedesktop.DBus.Peer';
+const INTROSPECTABLE = 'org.freedesktop.DBus.Introspectable';
+
+/** What Introspect gives for every path: this connection exports no objects. */
+export const INTROSPECTION = `<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
+<node>
+ <interface name="${PEER}">
+  <method name="Ping"/>
+  <method name="GetMachineId">
+   <arg type="s" name="machine_uuid" direction="out"/>
+  </method>
+ </interface>
+ <interface name="${INTROSPECTABLE}">
+  <method name="Introspect">
+   <arg name="xml_data" type="s" direction="out"/>
+  </method>
+ </interface>
+</node>
+`;
+
+/** This host's machine ID (/etc/machine-id), or why there is none. */
+export function readMachineId(path = '/etc/machine-id'): string | Error {
+  try {
+    const id = readFileSync(path, 'latin1').trim();
+    return /^[0-9a-f]{32}$/.test(id) ? id : new Error(`${path} holds no machine ID`);
+  } catch (err) {
+    return new Error(`cannot read ${path}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+/**
+ * The answer to a method call received on the lean connection, or undefined when the caller asked
+ * for none. `machineId` is read only when GetMachineId is asked.
+ */
+export function answerCall(
+  call: WireMessage,
+  serial: number,
+  machineId: () => string | Error,
+): Buffer | undefined {
+  if (call.flags & NO_REPLY_EXPECTED) return undefined;
+  const h = { serial, replySerial: call.serial, destination: call.sender };
+  const iface = call.interface;
+  if (call.signature === '') {
+    if ((iface === PEER || iface === '') && call.member === 'Ping') return encodeReturn(h, '', []);
+    if ((iface === PEER || iface === '') && call.member === 'GetMachineId') {
+      const id = machineId();
+      return typeof id === 'string'
+        ? encodeReturn(h, 's', [id])
+        : encodeError(h, 'org.freedesktop.DBus.Error.FileNotFound', id.message);
+    }
+    if ((iface === INTROSPECTABLE || iface === '') && call.member === 'Introspect')
+      return encodeReturn(h, 's', [INTROSPECTION]);
+  }
+  const known = iface === PEER || iface === INTROSPECTABLE;
+  return encodeError(
+    h,
+    known ? 'org.freedesktop.DBus.Error.InvalidArgs' : 'org.freedesktop.DBus.Error.UnknownMethod',
+    known
+      ? `${iface}.${call.member} takes no arguments, or does not exist`
+      : `Unknown method ${call.member} or interface ${iface || '(none)'}: this connection exports no objects`,
+  );
+}
+
 export class CallChannel {
   private serial = 1;
+  private machineId: string | Error | undefined;
+  /** This connection's unique name on the bus, from Hello. */
+  uniqueName = '';
   private readonly pending = new Map<
     number,
     { resolve: (m: WireMessage) => void; reject: (e: Error) => void }
@@ -117,6 +193,8 @@ export class CallChannel {
         noAutoStart: false,
       });
       if (hello.kind !== MessageKind.METHOD_RETURN) throw new Error(`Hello refused: ${hello.errorName}`);
+      const [name] = decodeBody(hello);
+      channel.uniqueName = typeof name === 'string' ? name : '';
       return channel;
     } catch (err) {
       socket.destroy();
@@ -139,7 +217,7 @@ export class CallChannel {
     const serial = this.serial;
     if (this.closedReason !== undefined)
       return { serial, reply: Promise.reject(new Error(this.closedReason)) };
-    this.serial = serial >= 0xffffffff ? 1 : serial + 1;
+    this.nextSerial();
     let bytes: Buffer;
     try {
       bytes = encodeCall({ ...c, serial, flags: c.noAutoStart ? NO_AUTO_START : 0 }, c.body);
@@ -150,7 +228,18 @@ export class CallChannel {
     const reply = new Promise<WireMessage>((resolve, reject) => {
       this.pending.set(serial, { resolve, reject });
     });
-    // Calls made in one turn of the event loop leave in one write: each write wakes the bus.
+    this.write(bytes);
+    return { serial, reply };
+  }
+
+  private nextSerial(): number {
+    const serial = this.serial;
+    this.serial = serial >= 0xffffffff ? 1 : serial + 1;
+    return serial;
+  }
+
+  private write(bytes: Buffer): void {
+    // Messages written in one turn of the event loop leave in one write: each write wakes the bus.
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
@@ -160,7 +249,6 @@ export class CallChannel {
       });
     }
     this.socket.write(bytes);
-    return { serial, reply };
   }
 
   call(c: ChannelCall): Promise<WireMessage> {
@@ -198,6 +286,14 @@ export class CallChannel {
       return;
     }
     for (const m of messages) {
+      if (m.kind === MessageKind.METHOD_CALL) {
+        const answer = answerCall(m, this.serial, () => (this.machineId ??= readMachineId()));
+        if (answer && this.closedReason === undefined) {
+          this.nextSerial();
+          this.write(answer);
+        }
+        continue;
+      }
       if (m.kind !== MessageKind.METHOD_RETURN && m.kind !== MessageKind.ERROR) continue; // NameAcquired
       const waiter = this.pending.get(m.replySerial);
       if (!waiter) continue; // its caller gave up (deadline)

@@ -25,8 +25,12 @@ const FIELD = {
   ERROR_NAME: 4,
   REPLY_SERIAL: 5,
   DESTINATION: 6,
+  SENDER: 7,
   SIGNATURE: 8,
 };
+
+/** Header flag: the caller wants no reply. */
+export const NO_REPLY_EXPECTED = 0x1;
 
 export class WireError extends Error {
   override readonly name = 'WireError';
@@ -110,23 +114,76 @@ export interface CallHeader {
 
 /** A little-endian METHOD_CALL; `body` must pass `canEncode(signature, body)`. */
 export function encodeCall(h: CallHeader, body: readonly unknown[]): Buffer {
+  return encodeMessage(
+    MessageKind.METHOD_CALL,
+    h.flags,
+    h.serial,
+    [
+      [FIELD.PATH, 'o', h.path],
+      [FIELD.INTERFACE, 's', h.interface],
+      [FIELD.MEMBER, 's', h.member],
+      [FIELD.DESTINATION, 's', h.destination],
+    ],
+    h.signature,
+    body,
+  );
+}
+
+export interface ReplyHeader {
+  readonly serial: number;
+  /** The call's serial. */
+  readonly replySerial: number;
+  /** The caller's unique name; '' on a connection without a bus (nobody to route to). */
+  readonly destination: string;
+}
+
+/** A little-endian METHOD_RETURN with a body of strings (`signature` of `s`s, or ''). */
+export function encodeReturn(h: ReplyHeader, signature: string, body: readonly string[]): Buffer {
+  return encodeMessage(MessageKind.METHOD_RETURN, 0, h.serial, replyFields(h), signature, body);
+}
+
+/** A little-endian ERROR message carrying `text` as its one string argument. */
+export function encodeError(h: ReplyHeader, errorName: string, text: string): Buffer {
+  return encodeMessage(
+    MessageKind.ERROR,
+    0,
+    h.serial,
+    [...replyFields(h), [FIELD.ERROR_NAME, 's', errorName]],
+    's',
+    [text],
+  );
+}
+
+type HeaderField = readonly [code: number, type: 's' | 'o' | 'u', value: string | number];
+
+function replyFields(h: ReplyHeader): HeaderField[] {
+  const fields: HeaderField[] = [[FIELD.REPLY_SERIAL, 'u', h.replySerial]];
+  if (h.destination !== '') fields.push([FIELD.DESTINATION, 's', h.destination]);
+  return fields;
+}
+
+function encodeMessage(
+  kind: number,
+  flags: number,
+  serial: number,
+  fields: readonly HeaderField[],
+  signature: string,
+  body: readonly unknown[],
+): Buffer {
   const w = new Writer();
-  w.bytes(0x6c, MessageKind.METHOD_CALL, h.flags, 1);
+  w.bytes(0x6c, kind, flags, 1);
   w.u32(0); // body length, patched below
-  w.u32(h.serial);
+  w.u32(serial);
   w.u32(0); // header field array length, patched below
   const fieldsStart = w.off;
-  w.field(FIELD.PATH, 'o', h.path);
-  w.field(FIELD.INTERFACE, 's', h.interface);
-  w.field(FIELD.MEMBER, 's', h.member);
-  w.field(FIELD.DESTINATION, 's', h.destination);
-  if (h.signature !== '') w.field(FIELD.SIGNATURE, 'g', h.signature);
+  for (const [code, type, value] of fields) w.field(code, type, value);
+  if (signature !== '') w.field(FIELD.SIGNATURE, 'g', signature);
   const fieldsLength = w.off - fieldsStart;
   w.align(8);
   const bodyStart = w.off;
   for (let i = 0; i < body.length; i++) {
     const v = body[i];
-    switch (h.signature[i]) {
+    switch (signature[i]) {
       case 's':
       case 'o':
         w.string(v as string);
@@ -142,7 +199,7 @@ export function encodeCall(h: CallHeader, body: readonly unknown[]): Buffer {
         break;
       case undefined:
       default:
-        throw new WireError(`cannot write signature ${h.signature}`);
+        throw new WireError(`cannot write signature ${signature}`);
     }
   }
   const out = w.done();
@@ -199,10 +256,11 @@ class Writer {
     this.buf[this.off++] = 0;
   }
 
-  field(code: number, type: 's' | 'o' | 'g', value: string): void {
+  field(code: number, type: 's' | 'o' | 'g' | 'u', value: string | number): void {
     this.align(8);
     this.bytes(code, 1, type.charCodeAt(0), 0);
-    if (type === 'g') {
+    if (typeof value === 'number') this.u32(value);
+    else if (type === 'g') {
       this.bytes(value.length);
       this.room(value.length + 1);
       this.buf.write(value, this.off, 'latin1');
@@ -221,12 +279,18 @@ class Writer {
 /** A received message, with the header fields replies and errors need. */
 export interface WireMessage {
   readonly kind: number;
+  readonly flags: number;
   readonly serial: number;
   readonly replySerial: number;
   readonly errorName: string;
   readonly signature: string;
   readonly body: Buffer;
   readonly littleEndian: boolean;
+  /** Header fields a method call needs answering by; '' when absent. */
+  readonly sender: string;
+  readonly path: string;
+  readonly interface: string;
+  readonly member: string;
 }
 
 /**
@@ -288,6 +352,7 @@ function decodeHeader(msg: Buffer): WireMessage {
   const r = new Reader(msg, le);
   r.off = 1;
   const kind = r.byte();
+  const flags = r.byte();
   r.off = 8;
   const serial = r.u32();
   const fieldsLength = r.u32();
@@ -295,6 +360,10 @@ function decodeHeader(msg: Buffer): WireMessage {
   let replySerial = 0;
   let errorName = '';
   let signature = '';
+  let sender = '';
+  let path = '';
+  let iface = '';
+  let member = '';
   while (r.off < fieldsEnd) {
     r.align(8);
     if (r.off >= fieldsEnd) break;
@@ -303,10 +372,27 @@ function decodeHeader(msg: Buffer): WireMessage {
     if (code === FIELD.REPLY_SERIAL && typeof v === 'number') replySerial = v;
     else if (code === FIELD.ERROR_NAME && typeof v === 'string') errorName = v;
     else if (code === FIELD.SIGNATURE && typeof v === 'string') signature = v;
+    else if (code === FIELD.SENDER && typeof v === 'string') sender = v;
+    else if (code === FIELD.PATH && typeof v === 'string') path = v;
+    else if (code === FIELD.INTERFACE && typeof v === 'string') iface = v;
+    else if (code === FIELD.MEMBER && typeof v === 'string') member = v;
   }
   if (r.off !== fieldsEnd) throw new WireError('header fields overrun their length');
   const bodyStart = fieldsEnd + pad8(fieldsEnd);
-  return { kind, serial, replySerial, errorName, signature, body: msg.subarray(bodyStart), littleEndian: le };
+  return {
+    kind,
+    flags,
+    serial,
+    replySerial,
+    errorName,
+    signature,
+    body: msg.subarray(bodyStart),
+    littleEndian: le,
+    sender,
+    path,
+    interface: iface,
+    member,
+  };
 }
 
 /** The body's values in dbus-next's shapes; throws WireError on a malformed body. */
