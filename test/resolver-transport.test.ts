@@ -7,6 +7,7 @@ import { dig, kdig } from './support/dig.js';
 import { query, RCODE, summarize } from './support/dns.js';
 import { startStub } from './support/stub.js';
 import type { RecordSpec } from './support/records.js';
+import { TurnShare } from '../src/turn-share.js';
 
 const machines: RecordSpec[] = [
   { name: 'alpha', addresses: ['192.0.2.10', 'fd42::10'] },
@@ -307,6 +308,62 @@ test('several pipelined queries in one write are answered in order', async (t) =
   );
   t.is(replies[1]?.rcode, RCODE.NXDOMAIN);
   t.is(replies[2]?.answers.length, 40, 'a TCP answer is never truncated');
+});
+
+test('with a zero share (one TCP query a turn) pipelined queries on several connections are all answered, in order', async (t) => {
+  const share = new TurnShare(0);
+  const { port } = await startStub(t, machines, { streamShare: share });
+  const sockets = await Promise.all([connect(port), connect(port), connect(port)]);
+  t.teardown(() => {
+    for (const s of sockets) s.destroy();
+  });
+  const replies = await Promise.all(
+    sockets.map((socket, c) => {
+      const answers = readAnswers(socket, 100);
+      const ids = Array.from({ length: 100 }, (_, i) => c * 1000 + i);
+      socket.write(Buffer.concat(ids.map((id) => tcpFrame(query('alpha.machine', 'A', { id })))));
+      socket.end(); // half-closed: every answer still comes, then the stub ends the connection
+      return answers;
+    }),
+  );
+  replies.forEach((r, c) => {
+    t.deepEqual(
+      r.map((b) => summarize(b).id),
+      Array.from({ length: 100 }, (_, i) => c * 1000 + i),
+    );
+  });
+  await Promise.all(sockets.map(closed));
+  t.true(share.deferrals >= 250, `${share.deferrals} queries waited for a later turn`);
+});
+
+test('a UDP query is answered while a TCP flood waits its turns (zero share)', async (t) => {
+  const share = new TurnShare(0);
+  const { port } = await startStub(t, machines, { streamShare: share });
+  const socket = await connect(port);
+  t.teardown(() => socket.destroy());
+  const FLOOD = 2_000;
+  let tcpAnswers = 0;
+  let pending = Buffer.alloc(0);
+  const all = new Promise<void>((resolve) => {
+    socket.on('data', (chunk: Buffer) => {
+      pending = Buffer.concat([pending, chunk]);
+      while (pending.length >= 2 && pending.length >= 2 + pending.readUInt16BE(0)) {
+        pending = pending.subarray(2 + pending.readUInt16BE(0));
+        if (++tcpAnswers === FLOOD) resolve();
+      }
+    });
+  });
+  socket.write(
+    Buffer.concat(Array.from({ length: FLOOD }, (_, i) => tcpFrame(query('alpha.machine', 'A', { id: i })))),
+  );
+  // the flood is in the stub's socket before the datagram is sent
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  const udp = await udpAsk(port, query('alpha.machine', 'AAAA', { id: 7 }));
+  const seenBefore = tcpAnswers;
+  t.is(summarize(udp).id, 7);
+  t.true(seenBefore < FLOOD / 2, `${seenBefore} of ${FLOOD} TCP answers came before the UDP one`);
+  await all;
+  t.is(tcpAnswers, FLOOD);
 });
 
 test('an oversized length prefix closes the connection without an answer', async (t) => {

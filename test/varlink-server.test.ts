@@ -10,6 +10,7 @@ import { ORG_VARLINK_SERVICE_IDL } from '../src/varlink/introspection.js';
 import { parameters } from '../src/varlink/parameters.js';
 import { ListenError, VarlinkServer } from '../src/varlink/server.js';
 import { memoryLogger } from '../src/log.js';
+import { TurnShare } from '../src/turn-share.js';
 import { RawPeer, startServer, tempDir } from './support/varlink.js';
 
 const EXAMPLE_IDL = `# An interface for testing the server.
@@ -114,6 +115,29 @@ test('a client that shuts down its sending side still gets every reply, then the
     messages: ['{"parameters":{"key":"w"}}', '{"parameters":{"text":"e"}}'],
     partial: '',
   });
+});
+
+test('with a zero share (one call a turn) pipelined calls on several connections are all answered, in order, before the end', async (t) => {
+  const share = new TurnShare(0);
+  const { path } = await exampleServer(t, { share });
+  const peers = await Promise.all([RawPeer.connect(path), RawPeer.connect(path), RawPeer.connect(path)]);
+  const texts = (p: number): string[] => Array.from({ length: 100 }, (_, i) => `${p}-${i}`);
+  peers.forEach((peer, p) => {
+    peer.send(
+      texts(p)
+        .map((text) => call('org.example.test.Echo', { text }))
+        .join(''),
+    );
+    peer.socket.end();
+  });
+  const results = await Promise.all(peers.map((peer) => peer.untilClosed()));
+  results.forEach((r, p) => {
+    t.deepEqual(
+      r.messages,
+      texts(p).map((text) => JSON.stringify({ parameters: { text } })),
+    );
+  });
+  t.true(share.deferrals >= 250, `${share.deferrals} calls waited for a later turn`);
 });
 
 test('a more call streams with continues on all but the last reply', async (t) => {

@@ -6,6 +6,7 @@ import { networkInterfaces } from 'node:os';
 import { isIP } from 'node:net';
 import type { Logger } from '../log.js';
 import type { RegistryView } from '../registry-client/view.js';
+import { streamShare, type TurnShare } from '../turn-share.js';
 import { DnsError } from './errors.js';
 import { LOOPBACK_NETS, parseNet, type Net } from './nets.js';
 import { encodeName } from './wire.js';
@@ -48,6 +49,8 @@ export interface DnsServerOptions {
    * longest is closed for a new one; if none is idle, the new one is.
    */
   readonly maxTcpConnections?: number;
+  /** The event loop's share for TCP queries before UDP gets its turn; default the process's one (src/turn-share.ts). */
+  readonly streamShare?: TurnShare;
   /** Where `resolv.conf` comes from; default `/etc/resolv.conf`. */
   readonly resolvConfPath?: string;
   /** The host's own addresses (for the default allowNets and loop detection); default: from the interfaces. */
@@ -83,6 +86,7 @@ export interface DnsConfig {
   readonly maxForwards: number;
   readonly tcpIdleTimeoutMs: number;
   readonly maxTcpConnections: number;
+  readonly streamShare: TurnShare;
   readonly resolvConfPath: string;
   readonly hostAddresses: readonly string[];
 }
@@ -209,6 +213,7 @@ export function resolveConfig(options: DnsServerOptions): DnsConfig {
     maxForwards: positive('maxForwards', options.maxForwards, 256),
     tcpIdleTimeoutMs: positive('tcpIdleTimeoutMs', options.tcpIdleTimeoutMs, 10_000),
     maxTcpConnections: positive('maxTcpConnections', options.maxTcpConnections, DEFAULT_MAX_TCP_CONNECTIONS),
+    streamShare: options.streamShare ?? streamShare,
     resolvConfPath: options.resolvConfPath ?? '/etc/resolv.conf',
     hostAddresses,
   };

@@ -276,7 +276,12 @@ export class DnsServer {
     const connection = new TcpConnection(
       socket,
       this.tcpHandler,
-      { idleTimeoutMs: this.config.tcpIdleTimeoutMs, maxQuery: MAX_TCP_QUERY, maxPending: MAX_TCP_PENDING },
+      {
+        idleTimeoutMs: this.config.tcpIdleTimeoutMs,
+        maxQuery: MAX_TCP_QUERY,
+        maxPending: MAX_TCP_PENDING,
+        share: this.config.streamShare,
+      },
       (c) => this.connections.delete(c),
       (error) => {
         if (this.debug) this.logger.debug(`dns: tcp connection from ${peer}: ${error.message}`);

@@ -16,6 +16,7 @@
  */
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { streamShare, type TurnShare } from '../turn-share.js';
 import { frame, FrameReader } from './framing.js';
 
 /** What the server gives a transport: the answer now, nothing, or the forwarded answer later. */
@@ -27,6 +28,8 @@ export interface TcpLimits {
   readonly maxQuery: number;
   /** Answers outstanding (forwarded, or waiting for an earlier one) before we stop reading. */
   readonly maxPending: number;
+  /** The event loop's share for stream requests (default: the process's one). */
+  readonly share?: TurnShare;
 }
 
 interface Slot {
@@ -39,6 +42,11 @@ export class TcpConnection {
   /** Answers not yet written, in query order. */
   private readonly queue: Slot[] = [];
   private waitingForDrain = false;
+  /** Queries are waiting for a later turn of the event loop (TurnShare). */
+  private deferred = false;
+  /** The query read when the turn's share ran out, answered first in the next. */
+  private heldQuery: Buffer | undefined;
+  private readonly share: TurnShare;
   private peerEnded = false;
   private shuttingDown = false;
   private closed = false;
@@ -54,14 +62,15 @@ export class TcpConnection {
     private readonly onError: (error: Error) => void,
   ) {
     this.reader = new FrameReader(limits.maxQuery);
+    this.share = limits.share ?? streamShare;
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => {
       this.reader.push(chunk);
-      this.pump();
+      if (!this.deferred) this.pump();
     });
     socket.on('drain', () => {
       this.waitingForDrain = false;
-      this.pump();
+      if (!this.deferred) this.pump();
     });
     socket.on('end', () => {
       this.peerEnded = true;
@@ -82,7 +91,7 @@ export class TcpConnection {
 
   /** Nothing owed and nothing being written: closing it loses no answer. */
   get idle(): boolean {
-    return !this.closed && this.queue.length === 0 && !this.waitingForDrain;
+    return !this.closed && this.queue.length === 0 && !this.waitingForDrain && !this.deferred;
   }
 
   /** Closes at once (the server needs the slot, or is gone). */
@@ -96,25 +105,43 @@ export class TcpConnection {
     this.endIfIdle();
   }
 
-  /** Answers every complete query while nothing blocks us, in one corked write batch. */
+  /**
+   * Answers every complete query while nothing blocks us and the turn's share lasts, in one corked
+   * write batch; the rest in a later turn.
+   */
   private pump(): void {
     if (this.closed) return;
     this.socket.cork();
     while (!this.shuttingDown && !this.waitingForDrain && this.queue.length < this.limits.maxPending) {
-      const query = this.reader.next();
+      const query = this.heldQuery ?? this.reader.next();
+      this.heldQuery = undefined;
       if (query === 'incomplete') break;
       if (query === 'oversized') {
         this.socket.destroy();
         return;
+      }
+      if (!this.share.allows()) {
+        this.heldQuery = query;
+        this.deferred = true;
+        this.share.later(() => {
+          this.deferred = false;
+          this.pump();
+        });
+        break;
       }
       this.timer.refresh();
       this.lastQueryAt = performance.now();
       this.accept(this.handle(query));
     }
     this.socket.uncork();
-    // Unread bytes stay in the kernel while we are blocked (or shutting down): its window, not our
-    // memory, holds the client back.
-    if (this.shuttingDown || this.waitingForDrain || this.queue.length >= this.limits.maxPending)
+    // Unread bytes stay in the kernel while we are blocked (or shutting down, or waiting for our
+    // turn): its window, not our memory, holds the client back.
+    if (
+      this.shuttingDown ||
+      this.waitingForDrain ||
+      this.deferred ||
+      this.queue.length >= this.limits.maxPending
+    )
       this.socket.pause();
     else this.socket.resume();
     this.endIfIdle();
@@ -159,13 +186,13 @@ export class TcpConnection {
    * write waits for 'drain', the drain handler comes back here.
    */
   private endIfIdle(): void {
-    if (this.closed || this.queue.length > 0) return;
+    if (this.closed || this.queue.length > 0 || this.deferred) return;
     if (this.peerEnded || (this.shuttingDown && !this.waitingForDrain)) this.socket.end();
   }
 
   private onIdle(): void {
     if (this.closed) return;
-    if (this.queue.length > 0 && !this.waitingForDrain) {
+    if ((this.queue.length > 0 && !this.waitingForDrain) || this.deferred) {
       // Still waiting on an upstream for this client: that is not idleness (the forwarder's own
       // timeouts bound it).
       this.timer.refresh();

@@ -22,6 +22,7 @@ import { chmod, lstat, unlink } from 'node:fs/promises';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../log.js';
+import { streamShare, type TurnShare } from '../turn-share.js';
 import { NulFramer, VARLINK_BUFFER_MAX } from './framing.js';
 import {
   idlMembers,
@@ -60,6 +61,8 @@ export interface VarlinkServerOptions {
   readonly maxOutputBytes?: number;
   /** How long close() lets in-flight replies finish before it drops the remaining connections. */
   readonly closeTimeoutMs?: number;
+  /** The event loop's share for stream requests (default: the process's one, src/turn-share.ts). */
+  readonly share?: TurnShare;
 }
 
 export interface ListenOptions {
@@ -101,6 +104,7 @@ interface ConnectionHost {
   readonly logger: Logger;
   readonly maxInputBytes: number;
   readonly maxOutputBytes: number;
+  readonly share: TurnShare;
   route(method: string): Route | undefined;
   forget(connection: Connection): void;
   /** The connection's buffered input changed by `delta` bytes. */
@@ -131,6 +135,7 @@ export class VarlinkServer {
       logger: options.logger,
       maxInputBytes: options.maxInputBytes ?? VARLINK_BUFFER_MAX,
       maxOutputBytes: options.maxOutputBytes ?? VARLINK_BUFFER_MAX,
+      share: options.share ?? streamShare,
       route: (name) => this.routes.get(name),
       forget: (connection) => this.connections.delete(connection),
       inputHeld: (connection, delta) => {
@@ -431,11 +436,21 @@ class Connection {
         }, this.fail);
         return;
       }
-      const message = this.queue.shift();
-      if (message === undefined) {
+      if (this.queue.length === 0) {
         if (this.inputEnded) this.end();
         return;
       }
+      if (!this.host.share.allows()) {
+        // This turn's share for stream requests is spent: the rest in a later one.
+        this.socket.pause();
+        this.busy = true;
+        this.host.share.later(() => {
+          this.resume();
+        });
+        return;
+      }
+      const message = this.queue.shift();
+      if (message === undefined) return;
       this.queuedBytes -= message.length;
       this.report();
       let pending: Promise<void> | undefined;
