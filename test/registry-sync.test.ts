@@ -319,6 +319,55 @@ test('[test double] the leader check reaches every machine, also those after the
   t.true(r.view.byName('m599')?.leaderAlive, 'the others are untouched');
 });
 
+test('[test double] grouped: 40 containers whose /proc/PID/root is unreadable give three warnings in full per file and a count, not 80 lines', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.seed(
+    Array.from({ length: 40 }, (_, i) => fakeMachine(`m${i}`, process.pid, { timestamp: String(i + 1) })),
+  );
+  const host: HostReader = {
+    ...procHost,
+    readIdMap: () => Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer: 655360, count: 65536 }] }),
+    readAccounts: () =>
+      Promise.resolve({
+        kind: 'ok',
+        accounts: [{ name: 'bob', id: 1000 }],
+        source: 'root-directory',
+        leaderRootProblem: "EACCES: reading another process's root needs CAP_SYS_PTRACE",
+      }),
+  };
+  const logger = memoryLogger('debug');
+  const r = registry(fake.busAddress, {
+    host,
+    logger,
+    settleDelaysMs: [],
+    groupedWarnings: { windowMs: 100 },
+  });
+  t.teardown(() => r.stop());
+  await r.start();
+  await logger.waitFor(
+    /37 more machine\(s\) with the same problem: cannot read \/proc\/PID\/root\/etc\/passwd/,
+    5_000,
+  );
+  await logger.waitFor(
+    /37 more machine\(s\) with the same problem: cannot read \/proc\/PID\/root\/etc\/group/,
+    5_000,
+  );
+  const warnings = logger.lines.filter((l) => l.startsWith('<4>') && /root/.test(l));
+  t.is(warnings.length, 3 + 1 + 3 + 1, warnings.join('\n'));
+  t.is(
+    warnings.filter((l) => /machine m\d+: cannot read \/proc\/\d+\/root\/etc\/passwd \(EACCES/.test(l))
+      .length,
+    3,
+  );
+  await until(r.view, (v) => v.byName('m39')?.innerUsers !== undefined);
+  t.deepEqual(
+    r.view.byName('m39')?.innerUsers?.map((a) => a.name),
+    ['bob'],
+    'the accounts are used all the same',
+  );
+});
+
 test('[test double] an unreadable uid_map means no owner, and is re-read later', async (t) => {
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());

@@ -31,6 +31,7 @@ import {
   type MachineProperties,
   type RawAddress,
 } from './machine1.js';
+import { GroupedWarnings, type GroupedWarningsOptions } from './grouped-warnings.js';
 import { MachineTable } from './registry.js';
 import type { Logger } from '../log.js';
 import type {
@@ -66,6 +67,8 @@ export interface RegistryOptions {
   readonly concurrency?: number;
   readonly reconnectMinMs?: number;
   readonly reconnectMaxMs?: number;
+  /** How warnings about reading many machines' maps and files are grouped (defaults: 3 in full, then a line per 5 s). */
+  readonly groupedWarnings?: GroupedWarningsOptions;
 }
 
 export interface RegistryStatus {
@@ -155,9 +158,11 @@ export class Registry {
   private linkCache: { at: number; links: Promise<ReadonlyMap<number, string>> } | undefined;
   /** `machine\0topic` → the warning last given about reading its maps or accounts (given once). */
   private readonly hostProblems = new Map<string, string>();
+  private readonly hostWarnings: GroupedWarnings;
 
   constructor(private readonly options: RegistryOptions) {
     this.host = options.host ?? procHost;
+    this.hostWarnings = new GroupedWarnings(options.logger, options.groupedWarnings);
     this.opts = {
       refreshIntervalMs: options.refreshIntervalMs ?? DEFAULTS.refreshIntervalMs,
       refreshRate: options.refreshRate ?? DEFAULTS.refreshRate,
@@ -242,6 +247,7 @@ export class Registry {
       new Promise<void>((resolve) => (timer = setTimeout(resolve, this.opts.callTimeoutMs))),
     ]);
     clearTimeout(timer);
+    this.hostWarnings.flush();
   }
 
   // ---- connection -------------------------------------------------------------------------------
@@ -685,11 +691,8 @@ export class Registry {
       this.hostProblem(machine, `${which}_map`, undefined);
       return read.ranges;
     }
-    this.hostProblem(
-      machine,
-      `${which}_map`,
-      `${which}_map unreadable (${read.reason}); ${known ? 'keeping the map read before' : 'no users or groups for it until it can be read'}`,
-    );
+    const message = `${which}_map unreadable (${read.reason}); ${known ? 'keeping the map read before' : 'no users or groups for it until it can be read'}`;
+    this.hostProblem(machine, `${which}_map`, message, message);
     return known;
   }
 
@@ -704,25 +707,35 @@ export class Registry {
     known: readonly InnerAccount[] | undefined,
   ): readonly InnerAccount[] | undefined {
     if (read.kind === 'ok') {
-      this.hostProblem(
-        machine.name,
-        which,
-        read.leaderRootProblem === undefined
-          ? undefined
-          : `cannot read /proc/${machine.leader}/root/etc/${which} (${read.leaderRootProblem}); using ${machine.rootDirectory}/etc/${which}, the registered root directory`,
-      );
+      const problem = read.leaderRootProblem;
+      if (problem === undefined) this.hostProblem(machine.name, which, undefined);
+      else
+        this.hostProblem(
+          machine.name,
+          which,
+          `cannot read /proc/${machine.leader}/root/etc/${which} (${problem}); using ${machine.rootDirectory}/etc/${which}, the registered root directory`,
+          `cannot read /proc/PID/root/etc/${which} (${problem}); using etc/${which} under the registered root directory`,
+        );
       return read.accounts;
     }
+    const fallback = `enumerating ${known ? `the accounts read before` : 'only inner id 0'}`;
     this.hostProblem(
       machine.name,
       which,
-      `cannot read the container's etc/${which} (${read.reason}); enumerating ${known ? `the accounts read before` : 'only inner id 0'}`,
+      `cannot read the container's etc/${which} (${read.reason}); ${fallback}`,
+      `cannot read the container's etc/${which}; ${fallback}`,
     );
     return known;
   }
 
-  /** Warns once per machine, topic and message; a later success (undefined) says so and resets it. */
-  private hostProblem(machine: string, topic: string, message: string | undefined): void {
+  /**
+   * Warns once per machine, topic and message; a later success (undefined) says so and resets it.
+   * Warnings of one `kind` (the message without what is particular to the machine) about many
+   * machines are told a few times, then counted (GroupedWarnings).
+   */
+  private hostProblem(machine: string, topic: string, message: undefined): void;
+  private hostProblem(machine: string, topic: string, message: string, kind: string): void;
+  private hostProblem(machine: string, topic: string, message: string | undefined, kind?: string): void {
     const key = `${machine}\0${topic}`;
     if (message === undefined) {
       if (this.hostProblems.delete(key))
@@ -731,7 +744,7 @@ export class Registry {
     }
     if (this.hostProblems.get(key) === message) return;
     this.hostProblems.set(key, message);
-    this.options.logger.warn(`machine ${machine}: ${message}`);
+    this.hostWarnings.warn(kind ?? message, machine, message);
   }
 
   private async readAddresses(
