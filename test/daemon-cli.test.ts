@@ -175,12 +175,19 @@ test('list shows every machine with its id ranges and addresses; --json gives th
   const parsed = z
     .object({
       machines: z.array(z.object({ name: z.string(), class: z.string() })),
-      status: z.object({ machines: z.number(), refreshRoundMs: z.number() }),
+      status: z.object({
+        machines: z.number(),
+        refreshRoundMs: z.number(),
+        addressCalls: z.number(),
+        addressesKept: z.number(),
+      }),
     })
     .parse(JSON.parse(json.stdout));
   t.deepEqual(parsed.machines.map((m) => m.name).sort(), ['alpha', 'bravo-two']);
   // a few machines: every machine's addresses re-read every --refresh seconds (10 s by default)
   t.is(parsed.status.refreshRoundMs, 10_000);
+  // the first sync asked machined for both containers' addresses
+  t.true(parsed.status.addressCalls >= 2, JSON.stringify(parsed.status));
 });
 
 test('the clients say clearly that the daemon is not running, and exit 1', async (t) => {

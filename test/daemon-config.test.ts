@@ -29,6 +29,12 @@ test('serve defaults follow the CLI contract', (t) => {
   t.is(c.resolvedLink, undefined);
   t.is(c.refreshSeconds, 10);
   t.is(c.refreshRate, 100);
+  t.is(c.refreshFullRounds, 6);
+});
+
+test('--refresh-full takes a number of rounds', (t) => {
+  t.is(serve('--refresh-full', '1').refreshFullRounds, 1);
+  t.is(serve('--refresh-full=30').refreshFullRounds, 30);
 });
 
 test('--refresh-rate takes machines per second', (t) => {
@@ -92,6 +98,8 @@ const bad: [string[], RegExp][] = [
   [['serve', '--refresh', '0'], /≥ 1/],
   [['serve', '--refresh-rate', '0'], /machines per second ≥ 1/],
   [['serve', '--refresh-rate', '1.5'], /machines per second ≥ 1/],
+  [['serve', '--refresh-full', '0'], /whole number of rounds ≥ 1/],
+  [['serve', '--refresh-full', 'x'], /whole number of rounds ≥ 1/],
   [['resolve'], /a machine name is required/],
   [['resolve', 'a', 'b'], /unexpected argument "b"/],
   [['user'], /a name or numeric id is required/],

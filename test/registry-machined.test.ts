@@ -178,6 +178,56 @@ test.serial(
 );
 
 test.serial(
+  "between full rounds, a change in a container's network namespace is seen from /proc and asked of machined: the view follows machined",
+  async (t) => {
+    const { lab, probe: main } = ctx(t);
+    const spec = {
+      name: 'hotel',
+      class: 'container' as const,
+      privateNetwork: true,
+      interfaces: [{ hostIf: 've-hotel', inner: 'host0', addresses: ['198.51.100.71/24'] }],
+    };
+    const machine = await lab.createMachine(spec);
+    await lab.register('hotel');
+    let registered = true;
+    t.teardown(async () => {
+      if (registered) await lab.unregister('hotel');
+    });
+    // no full round for as long as the test runs: only the namespace digest makes it ask machined
+    const probe = await ProbeHandle.start(lab.world, lab.busAddress, {
+      refreshIntervalMs: 300,
+      fullRefreshRounds: 1_000_000,
+    });
+    t.teardown(() => probe.stop());
+    const addressesOf = (view: ProbeMachine[]): string[] | undefined =>
+      view.find((m) => m.name === 'hotel')?.addresses.map((a) => a.address);
+    await probe.waitForView((v) => addressesOf(v)?.includes('198.51.100.71') === true);
+    const inside = (...args: string[]): Promise<string> =>
+      lab.world.run('nsenter', ['-t', String(machine.leaderPid), '-n', '--', 'ip', ...args]);
+    for (const [change, expect] of [
+      [['addr', 'add', '198.51.100.72/24', 'dev', 'host0'], (a: string[]) => a.includes('198.51.100.72')],
+      [
+        ['-6', 'addr', 'add', 'fd42::72/64', 'dev', 'host0', 'nodad'],
+        (a: string[]) => a.includes('fd42::72'),
+      ],
+      [['addr', 'del', '198.51.100.71/24', 'dev', 'host0'], (a: string[]) => !a.includes('198.51.100.71')],
+    ] as const) {
+      await inside(...change);
+      const changedAt = Date.now();
+      const line = await probe.waitForView((v) => expect(addressesOf(v) ?? []), 5_000);
+      t.log(`ip ${change.join(' ')}: in the view after ${Date.now() - changedAt} ms`);
+      const truth = (await machinedTruth(lab)).find((m) => m.name === 'hotel');
+      t.deepEqual(addressesOf(line.view), truth?.addresses, 'what machined answers now');
+    }
+    // gone from the shared probe's view too before the next test compares views
+    const removed = main.waitFor((l) => l.event === 'change' && l.kind === 'removed' && l.name === 'hotel');
+    await lab.unregister('hotel');
+    registered = false;
+    await removed;
+  },
+);
+
+test.serial(
   'killing machined and starting it again ends with the view equal to machined, no machine lost',
   async (t) => {
     const { lab, probe } = ctx(t);

@@ -4,7 +4,8 @@
  * registry-machined.test.ts.
  */
 import test from 'ava';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { readlinkSync } from 'node:fs';
 import { once } from 'node:events';
 import { memoryLogger } from '../src/log.js';
 import { isBusError } from '../src/registry-client/bus.js';
@@ -44,6 +45,14 @@ const names = (v: RegistryView): string[] =>
     .sort();
 const addressesOf = (v: RegistryView, name: string): string[] | undefined =>
   v.byName(name)?.addresses.map((a) => a.address);
+
+async function poll(pred: () => boolean, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
 
 function registry(busAddress: string, extra: Partial<RegistryOptions> = {}): Registry {
   return new Registry({ busAddress, logger: memoryLogger(), refreshIntervalMs: 60_000, ...extra });
@@ -138,12 +147,13 @@ test('[test double] a machine registered while running is fetched through the ob
   t.pass();
 });
 
+// The double's addresses change without any change in a network namespace: every round asks.
 test('[test double] address changes after the settle window show up within the refresh interval', async (t) => {
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());
   await fake.register('m');
   await fake.setAddresses('m', ['192.0.2.30']);
-  const r = registry(fake.busAddress, { refreshIntervalMs: 200, settleDelaysMs: [] });
+  const r = registry(fake.busAddress, { refreshIntervalMs: 200, settleDelaysMs: [], fullRefreshRounds: 1 });
   t.teardown(() => r.stop());
   await r.start();
   await fake.setAddresses('m', ['192.0.2.31', 'fd00::31']);
@@ -158,7 +168,7 @@ test('[test double] a refresh round reaches every machine within one interval, s
   t.teardown(() => fake.stop());
   const names = ['r1', 'r2', 'r3', 'r4', 'r5'];
   for (const n of names) await fake.register(n);
-  const r = registry(fake.busAddress, { refreshIntervalMs: 400, settleDelaysMs: [] });
+  const r = registry(fake.busAddress, { refreshIntervalMs: 400, settleDelaysMs: [], fullRefreshRounds: 1 });
   t.teardown(() => r.stop());
   await r.start();
   for (const [i, n] of names.entries()) await fake.setAddresses(n, [`192.0.2.${70 + i}`]);
@@ -167,6 +177,109 @@ test('[test double] a refresh round reaches every machine within one interval, s
     names.map((n) => addressesOf(r.view, n)?.[0]),
     ['192.0.2.70', '192.0.2.71', '192.0.2.72', '192.0.2.73', '192.0.2.74'],
   );
+});
+
+test('[test double] between full rounds machined is asked only for a container whose network namespace changed; every Nth round asks for all', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  // Two leaders that need not exist: the digest stands in for their namespaces (the double's
+  // addresses come from no namespace).
+  const quiet = 2 ** 22 + 11;
+  const busy = 2 ** 22 + 12;
+  await fake.register('quiet', { leader: quiet });
+  await fake.register('busy', { leader: busy });
+  await fake.setAddresses('quiet', ['192.0.2.40']);
+  await fake.setAddresses('busy', ['192.0.2.50']);
+  const digests = new Map([
+    [quiet, 'A'],
+    [busy, 'B'],
+  ]);
+  const host: HostReader = {
+    ...procHost,
+    exists: () => true,
+    startTime: () => Promise.resolve(1),
+    readIdMap: () => Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer: 0, count: 2 ** 32 - 1 }] }),
+    networkState: (pid) => digests.get(pid),
+  };
+  const r = registry(fake.busAddress, {
+    host,
+    refreshIntervalMs: 150,
+    settleDelaysMs: [],
+    fullRefreshRounds: 12,
+  });
+  t.teardown(() => r.stop());
+  await r.start();
+  t.deepEqual(addressesOf(r.view, 'busy'), ['192.0.2.50']);
+  const calls = r.status().addressCalls;
+  t.is(calls, 2, 'the first sync asks for both');
+  await fake.setAddresses('quiet', ['192.0.2.41']);
+  await fake.setAddresses('busy', ['192.0.2.51']);
+  digests.set(busy, 'B2'); // only busy's namespace changed
+  await until(r.view, (v) => addressesOf(v, 'busy')?.[0] === '192.0.2.51', 1_000);
+  // two more rounds: quiet keeps what machined said before, as its namespace did not change
+  const kept = r.status().addressesKept;
+  await poll(() => r.status().addressesKept >= kept + 4, 1_500);
+  t.deepEqual(addressesOf(r.view, 'quiet'), ['192.0.2.40']);
+  t.is(r.status().addressCalls, calls + 1, 'one call: busy, once, for its changed namespace');
+  // the twelfth round asks for every container, changed or not
+  await until(r.view, (v) => addressesOf(v, 'quiet')?.[0] === '192.0.2.41', 4_000);
+  t.true(r.status().addressCalls >= calls + 2, 'the full round asked for quiet');
+});
+
+test('[test double] without a readable network namespace every round asks machined', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.register('m');
+  await fake.setAddresses('m', ['192.0.2.60']);
+  const host: HostReader = { ...procHost, networkState: () => undefined };
+  const r = registry(fake.busAddress, {
+    host,
+    refreshIntervalMs: 150,
+    settleDelaysMs: [],
+    fullRefreshRounds: 1_000,
+  });
+  t.teardown(() => r.stop());
+  await r.start();
+  await fake.setAddresses('m', ['192.0.2.61']);
+  await until(r.view, (v) => addressesOf(v, 'm')?.[0] === '192.0.2.61', 1_000);
+  t.is(r.status().addressesKept, 0);
+});
+
+test('procHost: the network namespace digest is stable while nothing changes, and changes with every address and link change', async (t) => {
+  // a network namespace of this test's own: addresses are never put on the host's links
+  const child = spawn('unshare', ['-n', 'sleep', '60'], { stdio: 'ignore' });
+  t.teardown(() => child.kill('SIGKILL'));
+  const pid = child.pid ?? 0;
+  const ours = readlinkSync('/proc/self/ns/net');
+  const deadline = Date.now() + 5_000;
+  while (readlinkSync(`/proc/${pid}/ns/net`) === ours) {
+    if (Date.now() > deadline) throw new Error('unshare -n did not take effect');
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  const digest = (): string | undefined => procHost.networkState?.(pid);
+  const inside = (...args: string[]): void => {
+    execFileSync('nsenter', ['-t', String(pid), '-n', 'ip', ...args]);
+  };
+  const seen = [digest()];
+  t.truthy(seen[0]);
+  t.not(seen[0], procHost.networkState?.(process.pid), 'another namespace, another digest');
+  t.is(digest(), seen[0], 'stable');
+  inside('link', 'add', 't0', 'type', 'ifb');
+  t.is(digest(), seen[0], 'a link without addresses changes nothing machined would answer');
+  for (const change of [
+    ['addr', 'add', '198.51.100.9/24', 'dev', 't0'], // IPv4 on a link that is down
+    ['link', 'set', 't0', 'up'],
+    ['-6', 'addr', 'add', 'fd42::9/64', 'dev', 't0', 'nodad'],
+    ['addr', 'add', '198.51.100.10/24', 'dev', 't0'], // a second IPv4 address on the same subnet
+    ['addr', 'del', '198.51.100.9/24', 'dev', 't0'],
+  ]) {
+    inside(...change);
+    const now = digest();
+    t.false(seen.includes(now), `ip ${change.join(' ')} changes the digest`);
+    t.is(digest(), now, 'and it is stable again');
+    seen.push(now);
+  }
+  t.is(procHost.networkState?.(2 ** 22 + 1), undefined, 'no such process');
 });
 
 test('[test double] no private networking is recorded, not an error', async (t) => {
@@ -466,6 +579,7 @@ test('[test double] --refresh-rate: refreshes are never closer than 1/rate s, an
   const host: HostReader = {
     ...procHost,
     userNamespace: () => undefined, // maps are read on every refresh: one uid_map read = one refresh
+    networkState: () => undefined, // and every refresh asks machined
     readIdMap: (_pid, which) => {
       if (which === 'uid') {
         reads.push(performance.now());

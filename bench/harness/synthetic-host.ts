@@ -2,7 +2,8 @@
  * The synthetic HostReader of bench:scale (BENCH ONLY): leaders at or above SYNTHETIC_LEADER_BASE
  * (above any pid_max, so never a real process) stand for containers with a user namespace. Machine
  * i = leader - base gets uid_map and gid_map `0 (i+2)*65536 65536` and its own user namespace, each
- * given after the same /proc read for the daemon's own pid (stat, uid_map, gid_map, ns/user), whose
+ * given after the same /proc read for the daemon's own pid (stat, uid_map, gid_map, ns/user, the
+ * network namespace digest's ns/net, net/if_inet6 and net/fib_trie), whose
  * content is discarded, so that the cost of the real reads stays. Accounts are real files:
  * /proc/PID/root does not exist for a synthetic leader, so the machine's registered RootDirectory,
  * where bench:scale writes an etc/passwd and etc/group per machine (`writeMachineRoots`), is read as
@@ -36,6 +37,10 @@ export const syntheticHost: HostReader = {
   exists(pid) {
     const real = procHost.exists?.(synthetic(pid) ? process.pid : pid);
     return synthetic(pid) ? true : real;
+  },
+  networkState(pid) {
+    const real = procHost.networkState?.(synthetic(pid) ? process.pid : pid);
+    return synthetic(pid) && real !== undefined ? `${real}-synthetic-${pid}` : real;
   },
   async startTime(pid) {
     const real = await procHost.startTime(synthetic(pid) ? process.pid : pid);

@@ -32,6 +32,8 @@ export interface ServeConfig {
   readonly refreshSeconds: number;
   /** At most this many machines' addresses re-read per second (stretches rounds beyond refreshSeconds). */
   readonly refreshRate: number;
+  /** Every Nth refresh round asks machined for every container, whatever its network namespace shows. */
+  readonly refreshFullRounds: number;
   /** Register the stub with systemd-resolved for the domain on this link (undefined = do not). */
   readonly resolvedLink: string | undefined;
 }
@@ -71,6 +73,7 @@ export const DEFAULT_USERDB = '/run/systemd/userdb/io.mymachinesd.Machine';
 export const DEFAULT_CONTROL = '/run/mymachinesd/io.mymachinesd.Control';
 export const DEFAULT_REFRESH_SECONDS = 10;
 export const DEFAULT_REFRESH_RATE = 100;
+export const DEFAULT_REFRESH_FULL_ROUNDS = 6;
 export const DEFAULT_RESOLVED_LINK = 'mymachines0';
 
 export const USAGE = `usage:
@@ -95,6 +98,9 @@ export const USAGE = `usage:
       --refresh SECONDS      re-read machine addresses this often (default ${DEFAULT_REFRESH_SECONDS})
       --refresh-rate N       but re-read at most N machines per second (default ${DEFAULT_REFRESH_RATE});
                              beyond SECONDS × N machines a round takes machines / N seconds
+      --refresh-full N       between two rounds that ask machined for every container, check
+                             a container's network namespace (/proc) and ask only when it
+                             changed; N rounds apart (default ${DEFAULT_REFRESH_FULL_ROUNDS}; 1: ask every round)
       --register-resolved[=LINK]
                              route the domain to this stub in systemd-resolved, on LINK
                              (default ${DEFAULT_RESOLVED_LINK})
@@ -215,6 +221,7 @@ function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): ServeConfi
   let logLevel: LogLevel = 'info';
   let refreshSeconds = DEFAULT_REFRESH_SECONDS;
   let refreshRate = DEFAULT_REFRESH_RATE;
+  let refreshFullRounds = DEFAULT_REFRESH_FULL_ROUNDS;
   let resolvedLink: string | undefined;
   for (let a = args.next(); a; a = args.next()) {
     if ('positional' in a) throw new UsageError(`serve: unexpected argument "${a.positional}"`);
@@ -284,6 +291,13 @@ function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): ServeConfi
         refreshRate = Number(text);
         break;
       }
+      case '--refresh-full': {
+        const text = args.value(flag, inline);
+        if (!/^\d{1,7}$/.test(text) || Number(text) < 1)
+          throw new UsageError(`${flag} "${text}": expected a whole number of rounds ≥ 1`);
+        refreshFullRounds = Number(text);
+        break;
+      }
       case '--register-resolved':
         resolvedLink = inline ?? DEFAULT_RESOLVED_LINK;
         if (!/^[A-Za-z0-9_.:-]{1,15}$/.test(resolvedLink))
@@ -312,6 +326,7 @@ function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): ServeConfi
     logLevel,
     refreshSeconds,
     refreshRate,
+    refreshFullRounds,
     resolvedLink,
   };
 }

@@ -57,7 +57,12 @@ type Status (
   machines: int,
   lastError: ?string,
   # ms between two address refreshes of one machine (--refresh, stretched by --refresh-rate)
-  refreshRoundMs: int
+  refreshRoundMs: int,
+  # GetMachineAddresses calls made since start
+  addressCalls: int,
+  # refreshes that kept a container's addresses without a call: its network
+  # namespace (addresses, routes) was unchanged since machined last answered (--refresh-full)
+  addressesKept: int
 )
 
 # Every machine, in registration order, and how the registry is doing.

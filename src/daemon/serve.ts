@@ -85,6 +85,7 @@ export async function serve(
     logger,
     refreshIntervalMs: config.refreshSeconds * 1000,
     refreshRate: config.refreshRate,
+    fullRefreshRounds: config.refreshFullRounds,
   });
   const running: Running = { registry, varlink: [], dns: undefined, resolved: undefined };
 

@@ -9,6 +9,7 @@
  * root directory if there is one and it is readable, else only inner id 0 is enumerated.
  */
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { closeSync, constants, openSync, readlinkSync, readSync, type Stats } from 'node:fs';
 import { lstat, open } from 'node:fs/promises';
 import { z } from 'zod';
@@ -55,6 +56,16 @@ export interface HostReader {
    * uses it between full checks. Without it, every check reads the start time.
    */
   exists?(pid: number): boolean | undefined;
+  /**
+   * A digest of what machined's GetMachineAddresses reads for a container, taken without machined:
+   * the identity of the leader's network namespace (`/proc/<pid>/ns/net`), its IPv6 addresses with
+   * their flags (`/proc/<pid>/net/if_inet6`) and its routing tables (`/proc/<pid>/net/fib_trie`),
+   * whose LOCAL entries are its IPv4 addresses, on links up or down. A different digest: something
+   * changed, ask machined. The same digest: nothing machined would answer differently, as far as
+   * these files tell (the refresh still asks machined in full rounds). undefined when a part cannot
+   * be read or is too large; without this, machined is asked every time.
+   */
+  networkState?(pid: number): string | undefined;
   /** Accounts in the container's passwd or group file, and where they came from. */
   readAccounts(pid: number, rootDirectory: string, which: 'passwd' | 'group'): Promise<AccountsRead>;
   /** ifindex → name for every link in the daemon's network namespace. */
@@ -122,6 +133,22 @@ export const procHost: HostReader = {
     } catch {
       return undefined;
     }
+  },
+
+  networkState(pid) {
+    let namespace: string;
+    try {
+      namespace = readlinkSync(`/proc/${pid}/ns/net`);
+    } catch {
+      return undefined;
+    }
+    const digest = createHash('sha256').update(namespace);
+    for (const file of ['if_inet6', 'fib_trie']) {
+      const read = readProcFile(`/proc/${pid}/net/${file}`);
+      if (!read.ok) return undefined;
+      digest.update(`\0${file}\0`).update(read.text);
+    }
+    return digest.digest('base64');
   },
 
   readIdMap(pid, which) {

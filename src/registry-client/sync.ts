@@ -57,6 +57,14 @@ export interface RegistryOptions {
    * container for every GetMachineAddresses, and each answer costs the daemon ~0.3 ms of CPU).
    */
   readonly refreshRate?: number;
+  /**
+   * Every how many refresh rounds machined is asked for every container's addresses even when its
+   * network namespace shows no change (HostReader.networkState); 1 asks every round. In the other
+   * rounds a container whose namespace digest is unchanged keeps its addresses without a call: one
+   * GetMachineAddresses is a fork of machined into the container, and the calls woke machined and
+   * dbus-daemon 100 times a second at 1,000 machines (BENCHMARKS.md, bench:dns).
+   */
+  readonly fullRefreshRounds?: number;
   /** Delays after MachineNew at which addresses are re-read until the machine has some. */
   readonly settleDelaysMs?: readonly number[];
   /** How often leaders are checked for being alive (a cheap /proc read per machine). */
@@ -82,11 +90,16 @@ export interface RegistryStatus {
   readonly lastError: string | undefined;
   /** Time between two refreshes of one machine: the interval, or longer when the rate bound stretches it. */
   readonly refreshRoundMs: number;
+  /** GetMachineAddresses calls made since start. */
+  readonly addressCalls: number;
+  /** Refreshes that kept a container's addresses without a call: its network namespace was unchanged. */
+  readonly addressesKept: number;
 }
 
 export const DEFAULTS = {
   refreshIntervalMs: 10_000,
   refreshRate: 100,
+  fullRefreshRounds: 6,
   settleDelaysMs: [100, 250, 500, 1_000, 2_000, 4_000] as readonly number[],
   leaderCheckIntervalMs: 2_000,
   callTimeoutMs: 5_000,
@@ -143,6 +156,15 @@ export class Registry {
   private refreshTimer: NodeJS.Timeout | undefined;
   /** The user namespace each container's maps were last read in (see readIds). */
   private readonly userNamespaces = new Map<string, string>();
+  /**
+   * Each container's network namespace digest (HostReader.networkState) taken just before machined
+   * last answered for it, with the leader it was taken of: a refresh that finds the same digest
+   * keeps the addresses of that answer.
+   */
+  private readonly netStates = new Map<string, { readonly leader: number; readonly digest: string }>();
+  /** GetMachineAddresses calls made, and refreshes that kept the addresses on an unchanged digest. */
+  private addressCalls = 0;
+  private addressesKept = 0;
   /** The accounts deferred by the latest resync (readAccountsAfterSync). */
   private accountsRead: Promise<void> = Promise.resolve();
   /** How long a refresh round takes now (the interval, or longer when the rate bound stretches it). */
@@ -166,6 +188,7 @@ export class Registry {
     this.opts = {
       refreshIntervalMs: options.refreshIntervalMs ?? DEFAULTS.refreshIntervalMs,
       refreshRate: options.refreshRate ?? DEFAULTS.refreshRate,
+      fullRefreshRounds: options.fullRefreshRounds ?? DEFAULTS.fullRefreshRounds,
       settleDelaysMs: options.settleDelaysMs ?? DEFAULTS.settleDelaysMs,
       leaderCheckIntervalMs: options.leaderCheckIntervalMs ?? DEFAULTS.leaderCheckIntervalMs,
       callTimeoutMs: options.callTimeoutMs ?? DEFAULTS.callTimeoutMs,
@@ -175,6 +198,8 @@ export class Registry {
     };
     if (!(this.opts.refreshRate > 0))
       throw new RangeError(`refreshRate ${this.opts.refreshRate}: must be > 0`);
+    if (!Number.isInteger(this.opts.fullRefreshRounds) || this.opts.fullRefreshRounds < 1)
+      throw new RangeError(`fullRefreshRounds ${this.opts.fullRefreshRounds}: must be an integer ≥ 1`);
     this.refreshRoundMs = this.opts.refreshIntervalMs;
     this.reconnectDelay = this.opts.reconnectMinMs;
     this.limit = concurrencyLimit(this.opts.concurrency);
@@ -196,6 +221,8 @@ export class Registry {
       machines: this.table.all().length,
       lastError: this.lastError,
       refreshRoundMs: this.refreshRoundMs,
+      addressCalls: this.addressCalls,
+      addressesKept: this.addressesKept,
     };
   }
 
@@ -360,6 +387,7 @@ export class Registry {
     this.settleTimers.delete(name);
     this.leaderStarts.delete(name);
     this.userNamespaces.delete(name);
+    this.netStates.delete(name);
     for (const topic of ['uid_map', 'gid_map', 'passwd', 'group'])
       this.hostProblems.delete(`${name}\0${topic}`);
   }
@@ -578,12 +606,13 @@ export class Registry {
     record: MachineRecord,
     known: MachineRecord | undefined,
     accounts: AccountsWhen = 'now',
+    addresses: AddressesWhen = 'ask',
   ): Promise<MachineRecord> {
-    const [addresses, ids] = await Promise.all([
-      this.readAddresses(record),
+    const [read, ids] = await Promise.all([
+      this.readAddresses(record, addresses === 'if-changed' ? known : undefined),
       this.readIds(record, known, accounts),
     ]);
-    return { ...record, ...addresses, ...ids };
+    return { ...record, ...read, ...ids };
   }
 
   private async readIds(
@@ -747,8 +776,13 @@ export class Registry {
     this.hostWarnings.warn(kind ?? message, machine, message);
   }
 
+  /**
+   * `unlessUnchanged`: what machined answered before for the same leader, kept without a call when
+   * the leader's network namespace digest is still the one taken before that answer.
+   */
   private async readAddresses(
     record: MachineRecord,
+    unlessUnchanged?: MachineRecord,
   ): Promise<Pick<MachineRecord, 'addresses' | 'addressSource' | 'addressError' | 'addressesCheckedAt'>> {
     if (!record.leaderAlive)
       return {
@@ -779,7 +813,29 @@ export class Registry {
       return { addresses: [], addressSource: 'none', addressError: undefined, addressesCheckedAt: 0 };
     const client = this.client;
     if (!client) throw new Error('not connected');
+    // Taken before the call: a change after it shows as a different digest next time.
+    const digest = this.host.networkState?.(record.leader);
+    const before = this.netStates.get(record.name);
+    if (
+      unlessUnchanged !== undefined &&
+      digest !== undefined &&
+      before?.digest === digest &&
+      before.leader === record.leader &&
+      unlessUnchanged.leader === record.leader &&
+      (unlessUnchanged.addressSource === 'machined' || unlessUnchanged.addressError !== undefined) &&
+      unlessUnchanged.addressError !== 'leader gone'
+    ) {
+      this.addressesKept++;
+      return {
+        addresses: unlessUnchanged.addresses,
+        addressSource: unlessUnchanged.addressSource,
+        addressError: unlessUnchanged.addressError,
+        addressesCheckedAt: unlessUnchanged.addressesCheckedAt,
+      };
+    }
+    this.netStates.delete(record.name);
     let raw: RawAddress[];
+    this.addressCalls++;
     try {
       raw = await client.getMachineAddresses(record.name);
     } catch (err) {
@@ -790,6 +846,7 @@ export class Registry {
       if (!isBusError(err) || isTransient(err)) throw err;
       const reason = err.code;
       this.options.logger.debug(`machine ${record.name}: no addresses (${describe(err)})`);
+      if (digest !== undefined) this.netStates.set(record.name, { leader: record.leader, digest });
       return { addresses: [], addressSource: 'none', addressError: reason, addressesCheckedAt: Date.now() };
     }
     // nss-mymachines' rule: the scope of every address is the single NETIF entry, if exactly one.
@@ -803,6 +860,7 @@ export class Registry {
           `machine ${record.name}: ignoring address of family ${a.family} with ${a.bytes.length} bytes`,
         );
     }
+    if (digest !== undefined) this.netStates.set(record.name, { leader: record.leader, digest });
     return { addresses, addressSource: 'machined', addressError: undefined, addressesCheckedAt: Date.now() };
   }
 
@@ -818,8 +876,12 @@ export class Registry {
 
   // ---- freshness --------------------------------------------------------------------------------
 
-  /** Re-reads what can change without a signal; coalesced per machine; applied only if changed. */
-  refresh(name: string, accounts: AccountsWhen = 'now'): Promise<void> {
+  /**
+   * Re-reads what can change without a signal; coalesced per machine; applied only if changed.
+   * `addresses`: 'if-changed' keeps a container's addresses without asking machined while its
+   * network namespace digest is unchanged (the refresh rounds between full ones).
+   */
+  refresh(name: string, accounts: AccountsWhen = 'now', addresses: AddressesWhen = 'ask'): Promise<void> {
     const running = this.refreshes.get(name);
     if (running) return running;
     const epoch = this.epochs.get(name) ?? 0;
@@ -829,7 +891,7 @@ export class Registry {
       if (!current || !this.client || !this.owner) return;
       let next: MachineRecord;
       try {
-        next = await this.limit(() => this.withHostData(current, current, accounts));
+        next = await this.limit(() => this.withHostData(current, current, accounts, addresses));
       } catch (err) {
         if (isBusError(err, 'NoSuchMachine')) {
           // removed without our seeing the signal (e.g. while reconnecting)
@@ -876,7 +938,9 @@ export class Registry {
    * takes N / rate seconds instead (at 10,000 machines, 1,000 calls a second took half a core of
    * the daemon and 1,000 forks a second of machined: BENCHMARKS.md, bench:scale). The log says when
    * rounds are stretched, and `mymachinesd list --json` gives the round time. Every
-   * `ACCOUNT_ROUNDS`th round also checks the containers' passwd and group.
+   * `ACCOUNT_ROUNDS`th round also checks the containers' passwd and group. Only every
+   * `fullRefreshRounds`th round asks machined for every container's addresses; the rounds between
+   * ask only for a container whose network namespace digest changed (readAddresses).
    */
   private async refreshRounds(): Promise<void> {
     const interval = this.opts.refreshIntervalMs;
@@ -886,6 +950,7 @@ export class Registry {
     for (let round = 1; !this.stopped; round++) {
       const began = Date.now();
       const accounts = round % ACCOUNT_ROUNDS === 0 ? 'now' : 'if-missing';
+      const addresses = round % this.opts.fullRefreshRounds === 0 ? 'ask' : 'if-changed';
       await this.reconcile();
       const names = this.table
         .all()
@@ -897,7 +962,7 @@ export class Registry {
         await this.pauseUntil(Math.max(began + i * gap, last + closest));
         if (this.stopped) return;
         last = Date.now();
-        await this.refresh(name, accounts);
+        await this.refresh(name, accounts, addresses);
       }
       await this.pauseUntil(began + Math.max(interval, names.length * gap));
     }
@@ -1020,6 +1085,9 @@ type HeldEvent =
   | { readonly kind: 'new'; readonly name: string; readonly path: string; readonly seq: number }
   /** The resync could not fetch this machine: fetch it on its own. */
   | { readonly kind: 'retry'; readonly name: string; readonly path: string };
+
+/** Whether a refresh asks machined for a container's addresses: always, or only when its netns changed. */
+type AddressesWhen = 'ask' | 'if-changed';
 
 /**
  * When a fetch or refresh reads the container's passwd and group: 'now'; 'after-sync' (a resync:
