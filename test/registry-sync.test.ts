@@ -8,7 +8,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { readlinkSync } from 'node:fs';
 import { once } from 'node:events';
 import { memoryLogger } from '../src/log.js';
-import { isBusError } from '../src/registry-client/bus.js';
+import { BusConnection, isBusError } from '../src/registry-client/bus.js';
 import { procHost, type HostReader } from '../src/registry-client/host.js';
 import { Registry, type RegistryOptions } from '../src/registry-client/sync.js';
 import type { RegistryView } from '../src/registry-client/view.js';
@@ -224,6 +224,34 @@ test('[test double] between full rounds machined is asked only for a container w
   // the twelfth round asks for every container, changed or not
   await until(r.view, (v) => addressesOf(v, 'quiet')?.[0] === '192.0.2.41', 4_000);
   t.true(r.status().addressCalls >= calls + 2, 'the full round asked for quiet');
+});
+
+test('[test double] only full rounds reconcile with ListMachines, and they repair a lost MachineNew', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.register('m');
+  const listings: number[] = [];
+  const watch = await BusConnection.open(fake.busAddress);
+  t.teardown(() => watch.close());
+  await watch.addMatch(`type='signal',interface='org.mymachinesd.Test.FakeMachined',member='Received'`);
+  watch.onSignal((s) => {
+    if (s.member === 'Received' && s.body[0] === 'ListMachines') listings.push(performance.now());
+  });
+  const r = registry(fake.busAddress, { refreshIntervalMs: 100, settleDelaysMs: [], fullRefreshRounds: 4 });
+  t.teardown(() => r.stop());
+  await r.start();
+  const began = performance.now();
+  const first = listings.length; // the first sync's
+  await fake.seedQuietly([fakeMachine('lost', process.pid)]); // registered without MachineNew
+  await until(r.view, (v) => v.byName('lost') !== undefined, 3_000);
+  await new Promise((resolve) => setTimeout(resolve, 1_200 - (performance.now() - began)));
+  const rounds = (performance.now() - began) / 100;
+  const reconciled = listings.length - first;
+  // one in four rounds (the old code listed in every round: about 12 here)
+  t.true(
+    reconciled >= 1 && reconciled <= Math.ceil(rounds / 4) + 1,
+    `${reconciled} ListMachines in ${rounds.toFixed(1)} rounds`,
+  );
 });
 
 test('[test double] without a readable network namespace every round asks machined', async (t) => {

@@ -11,10 +11,10 @@
  * - Addresses: machined sends no signal when they change (reference §5.4). After MachineNew they are
  *   re-read on a short bounded schedule (the network comes up after registration), then every
  *   `refreshIntervalMs`. A removal applies at once and cancels everything pending for that name.
- * - Every refresh round also reconciles the view with one ListMachines: a machine whose MachineNew
- *   was lost or whose fetch failed (machined did not answer in time) is fetched again, and one whose
- *   MachineRemoved was lost is checked and dropped. Signals alone would leave such a machine missing
- *   or stale until machined restarts.
+ * - Every full refresh round (`fullRefreshRounds`) also reconciles the view with one ListMachines: a
+ *   machine whose MachineNew was lost or whose fetch failed (machined did not answer in time) is
+ *   fetched again, and one whose MachineRemoved was lost is checked and dropped. Signals alone would
+ *   leave such a machine missing or stale until machined restarts.
  * - The per-name epoch makes late results of a fetch for a machine removed meanwhile harmless.
  * - What was read from /proc and could not be read again is kept while the leader is the same
  *   process: a user namespace's maps are written once, so a failed re-read (EMFILE, a transient
@@ -62,7 +62,8 @@ export interface RegistryOptions {
    * network namespace shows no change (HostReader.networkState); 1 asks every round. In the other
    * rounds a container whose namespace digest is unchanged keeps its addresses without a call: one
    * GetMachineAddresses is a fork of machined into the container, and the calls woke machined and
-   * dbus-daemon 100 times a second at 1,000 machines (BENCHMARKS.md, bench:dns).
+   * dbus-daemon 100 times a second at 1,000 machines (BENCHMARKS.md, bench:dns). Full rounds also
+   * reconcile the view with ListMachines (lost signals are repaired within this many rounds).
    */
   readonly fullRefreshRounds?: number;
   /** Delays after MachineNew at which addresses are re-read until the machine has some. */
@@ -930,7 +931,7 @@ export class Registry {
   }
 
   /**
-   * Every round reconciles with ListMachines, then refreshes every machine once, one after the
+   * Every full round reconciles with ListMachines; every round refreshes every machine once, one after the
    * other, spread evenly over the interval. The daemon serves meanwhile: a round done at once (16 at
    * a time) came as a burst of work and garbage whose scavenges and batched replies held DNS answers
    * for milliseconds at 1,000 machines (BENCHMARKS.md, bench:dns). Refreshes are also never closer
@@ -940,7 +941,9 @@ export class Registry {
    * rounds are stretched, and `mymachinesd list --json` gives the round time. Every
    * `ACCOUNT_ROUNDS`th round also checks the containers' passwd and group. Only every
    * `fullRefreshRounds`th round asks machined for every container's addresses; the rounds between
-   * ask only for a container whose network namespace digest changed (readAddresses).
+   * ask only for a container whose network namespace digest changed (readAddresses), and do not
+   * reconcile: a ListMachines of 1,000 machines every 10 s cost FakeMachined 10–30 ms of CPU each and
+   * moved the DNS p99 at 10,000 q/s (BENCHMARKS.md, bench:dns), and lost signals are rare.
    */
   private async refreshRounds(): Promise<void> {
     const interval = this.opts.refreshIntervalMs;
@@ -951,7 +954,7 @@ export class Registry {
       const began = Date.now();
       const accounts = round % ACCOUNT_ROUNDS === 0 ? 'now' : 'if-missing';
       const addresses = round % this.opts.fullRefreshRounds === 0 ? 'ask' : 'if-changed';
-      await this.reconcile();
+      if (addresses === 'ask') await this.reconcile();
       const names = this.table
         .all()
         .filter((m) => m.class !== 'host')
@@ -1001,7 +1004,7 @@ export class Registry {
    * MachineRemoved) is fetched too, which drops it only if machined confirms it is gone: the listing
    * alone never removes anything, so a registration racing with it cannot be lost. A resync does
    * all of this and more, so none runs meanwhile. The call never starts machined (NO_AUTO_START),
-   * and costs machined no more than the GetMachineAddresses calls of the same round.
+   * and runs in full rounds only, next to the GetMachineAddresses calls of every container.
    */
   private async reconcile(): Promise<void> {
     const client = this.client;
