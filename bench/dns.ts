@@ -228,8 +228,8 @@ function write(report: BenchReport, measured: readonly Measured[]): void {
     `Setup: ${knobs.machines} machines (A + AAAA each); query file of ${QUERY_LINES} lines, ` +
       `~${100 - 10} % existing names (A/AAAA, bare/.machine evenly) and ~10 % unknown \`xNNNNN.machine\`. ` +
       `Ours: \`mymachinesd serve --bus … --dns 127.0.0.1:0\` (real CLI, defaults otherwise: userdb and control ` +
-      `sockets on, addresses checked every 10 s: machined asked in every sixth round, and between them only for a ` +
-      `container whose network namespace digest changed) following FakeMachined (TEST DOUBLE of machined; ` +
+      `sockets on, addresses checked every 10 s: machined asked for a container whose network namespace digest ` +
+      `changed, and for each container anyway once in six rounds, a sixth of them per round) following FakeMachined (TEST DOUBLE of machined; ` +
       `every container's leader is the bench process, whose namespace does not change). ` +
       `Servers pinned to CPU ${SERVER_CPU} (\`taskset -c ${SERVER_CPU}\` from start), dnsperf to CPU ${LOAD_CPU}; ` +
       `while one server is measured the others are stopped (SIGSTOP), so none takes CPU ${SERVER_CPU} from another. ` +

@@ -179,7 +179,7 @@ test('[test double] a refresh round reaches every machine within one interval, s
   );
 });
 
-test('[test double] between full rounds machined is asked only for a container whose network namespace changed; every Nth round asks for all', async (t) => {
+test('[test double] machined is asked for a container whose network namespace changed, and for every container at least once in N rounds', async (t) => {
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());
   // Two leaders that need not exist: the digest stands in for their namespaces (the double's
@@ -221,9 +221,38 @@ test('[test double] between full rounds machined is asked only for a container w
   await poll(() => r.status().addressesKept >= kept + 4, 1_500);
   t.deepEqual(addressesOf(r.view, 'quiet'), ['192.0.2.40']);
   t.is(r.status().addressCalls, calls + 1, 'one call: busy, once, for its changed namespace');
-  // the twelfth round asks for every container, changed or not
+  // within twelve rounds every container is asked, changed or not
   await until(r.view, (v) => addressesOf(v, 'quiet')?.[0] === '192.0.2.41', 4_000);
   t.true(r.status().addressCalls >= calls + 2, 'the full round asked for quiet');
+});
+
+test('[test double] the asks of unchanged containers are staggered: each round asks for 1/N of them, and each is asked once in N rounds', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const names = ['s0', 's1', 's2', 's3', 's4', 's5'];
+  await fake.seed(names.map((n) => fakeMachine(n, process.pid)));
+  const host: HostReader = { ...procHost, networkState: () => 'unchanged' };
+  const r = registry(fake.busAddress, {
+    host,
+    refreshIntervalMs: 300,
+    settleDelaysMs: [],
+    fullRefreshRounds: 3,
+  });
+  t.teardown(() => r.stop());
+  await r.start();
+  const { addressCalls: calls0, addressesKept: kept0 } = r.status();
+  // refreshes come 50 ms apart: sampled every 2 ms, each is seen on its own
+  const sequence: string[] = [];
+  let seen = { calls: calls0, kept: kept0 };
+  while (sequence.length < 18) {
+    await new Promise((resolve) => setTimeout(resolve, 2));
+    const s = r.status();
+    for (let k = seen.calls; k < s.addressCalls; k++) sequence.push('ask');
+    for (let k = seen.kept; k < s.addressesKept; k++) sequence.push('kept');
+    seen = { calls: s.addressCalls, kept: s.addressesKept };
+  }
+  const rounds = [0, 1, 2].map((k) => sequence.slice(k * 6, k * 6 + 6).filter((x) => x === 'ask').length);
+  t.deepEqual(rounds, [2, 2, 2], sequence.join(' '));
 });
 
 test('[test double] only full rounds reconcile with ListMachines, and they repair a lost MachineNew', async (t) => {

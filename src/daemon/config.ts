@@ -98,9 +98,9 @@ export const USAGE = `usage:
       --refresh SECONDS      re-read machine addresses this often (default ${DEFAULT_REFRESH_SECONDS})
       --refresh-rate N       but re-read at most N machines per second (default ${DEFAULT_REFRESH_RATE});
                              beyond SECONDS × N machines a round takes machines / N seconds
-      --refresh-full N       between two rounds that ask machined for every container, check
-                             a container's network namespace (/proc) and ask only when it
-                             changed; N rounds apart (default ${DEFAULT_REFRESH_FULL_ROUNDS}; 1: ask every round)
+      --refresh-full N       ask machined for a container when its network namespace (/proc)
+                             changed, and anyway once in N rounds, staggered
+                             (default ${DEFAULT_REFRESH_FULL_ROUNDS}; 1: ask every round)
       --register-resolved[=LINK]
                              route the domain to this stub in systemd-resolved, on LINK
                              (default ${DEFAULT_RESOLVED_LINK})

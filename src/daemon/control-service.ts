@@ -61,7 +61,8 @@ type Status (
   # GetMachineAddresses calls made since start
   addressCalls: int,
   # refreshes that kept a container's addresses without a call: its network
-  # namespace (addresses, routes) was unchanged since machined last answered (--refresh-full)
+  # namespace (addresses, routes) was unchanged since machined last answered and
+  # it was not its turn to be asked anyway (--refresh-full)
   addressesKept: int
 )
 

@@ -58,12 +58,14 @@ export interface RegistryOptions {
    */
   readonly refreshRate?: number;
   /**
-   * Every how many refresh rounds machined is asked for every container's addresses even when its
-   * network namespace shows no change (HostReader.networkState); 1 asks every round. In the other
-   * rounds a container whose namespace digest is unchanged keeps its addresses without a call: one
+   * Machined is asked for each container's addresses at least once in this many refresh rounds,
+   * even when its network namespace shows no change (HostReader.networkState); 1 asks every round.
+   * The asks are staggered (a container's turn comes in the rounds where its arrival rank plus the
+   * round number is a multiple of this), so each round asks for 1/N of the containers. Otherwise a
+   * container whose namespace digest is unchanged keeps its addresses without a call: one
    * GetMachineAddresses is a fork of machined into the container, and the calls woke machined and
-   * dbus-daemon 100 times a second at 1,000 machines (BENCHMARKS.md, bench:dns). Full rounds also
-   * reconcile the view with ListMachines (lost signals are repaired within this many rounds).
+   * dbus-daemon 100 times a second at 1,000 machines (BENCHMARKS.md, bench:dns). Every Nth round
+   * also reconciles the view with ListMachines (lost signals are repaired within N rounds).
    */
   readonly fullRefreshRounds?: number;
   /** Delays after MachineNew at which addresses are re-read until the machine has some. */
@@ -939,11 +941,13 @@ export class Registry {
    * takes N / rate seconds instead (at 10,000 machines, 1,000 calls a second took half a core of
    * the daemon and 1,000 forks a second of machined: BENCHMARKS.md, bench:scale). The log says when
    * rounds are stretched, and `mymachinesd list --json` gives the round time. Every
-   * `ACCOUNT_ROUNDS`th round also checks the containers' passwd and group. Only every
-   * `fullRefreshRounds`th round asks machined for every container's addresses; the rounds between
-   * ask only for a container whose network namespace digest changed (readAddresses), and do not
-   * reconcile: a ListMachines of 1,000 machines every 10 s cost FakeMachined 10–30 ms of CPU each and
-   * moved the DNS p99 at 10,000 q/s (BENCHMARKS.md, bench:dns), and lost signals are rare.
+   * `ACCOUNT_ROUNDS`th round also checks the containers' passwd and group. Machined is asked for a
+   * container's addresses when its network namespace digest changed (readAddresses), and anyway in
+   * one round of every `fullRefreshRounds`, staggered: a round that asked for every container came
+   * as 100 calls a second for 10 s each minute, and its tail showed in the DNS p99 at 10,000 q/s
+   * (BENCHMARKS.md, bench:dns). Only every `fullRefreshRounds`th round reconciles: a ListMachines of
+   * 1,000 machines every 10 s cost FakeMachined 10–30 ms of CPU each and moved the same p99, and
+   * lost signals are rare.
    */
   private async refreshRounds(): Promise<void> {
     const interval = this.opts.refreshIntervalMs;
@@ -953,8 +957,8 @@ export class Registry {
     for (let round = 1; !this.stopped; round++) {
       const began = Date.now();
       const accounts = round % ACCOUNT_ROUNDS === 0 ? 'now' : 'if-missing';
-      const addresses = round % this.opts.fullRefreshRounds === 0 ? 'ask' : 'if-changed';
-      if (addresses === 'ask') await this.reconcile();
+      const full = this.opts.fullRefreshRounds;
+      if (round % full === 0) await this.reconcile();
       const names = this.table
         .all()
         .filter((m) => m.class !== 'host')
@@ -965,7 +969,8 @@ export class Registry {
         await this.pauseUntil(Math.max(began + i * gap, last + closest));
         if (this.stopped) return;
         last = Date.now();
-        await this.refresh(name, accounts, addresses);
+        const turn = ((this.arrivals.get(name) ?? i) + round) % full === 0;
+        await this.refresh(name, accounts, turn ? 'ask' : 'if-changed');
       }
       await this.pauseUntil(began + Math.max(interval, names.length * gap));
     }
