@@ -32,7 +32,7 @@ export interface ServeConfig {
   readonly refreshSeconds: number;
   /** At most this many machines' addresses re-read per second (stretches rounds beyond refreshSeconds). */
   readonly refreshRate: number;
-  /** Every Nth refresh round asks machined for every container, whatever its network namespace shows. */
+  /** Machined is asked for each container at least once in N refresh rounds, whatever its network namespace shows. */
   readonly refreshFullRounds: number;
   /** Register the stub with systemd-resolved for the domain on this link (undefined = do not). */
   readonly resolvedLink: string | undefined;

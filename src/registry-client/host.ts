@@ -62,7 +62,7 @@ export interface HostReader {
    * their flags (`/proc/<pid>/net/if_inet6`) and its routing tables (`/proc/<pid>/net/fib_trie`),
    * whose LOCAL entries are its IPv4 addresses, on links up or down. A different digest: something
    * changed, ask machined. The same digest: nothing machined would answer differently, as far as
-   * these files tell (the refresh still asks machined in full rounds). undefined when a part cannot
+   * these files tell (the refresh still asks machined in each container's turn). undefined when a part cannot
    * be read or is too large; without this, machined is asked every time.
    */
   networkState?(pid: number): string | undefined;

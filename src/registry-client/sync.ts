@@ -11,7 +11,7 @@
  * - Addresses: machined sends no signal when they change (reference §5.4). After MachineNew they are
  *   re-read on a short bounded schedule (the network comes up after registration), then every
  *   `refreshIntervalMs`. A removal applies at once and cancels everything pending for that name.
- * - Every full refresh round (`fullRefreshRounds`) also reconciles the view with one ListMachines: a
+ * - Every `fullRefreshRounds`th refresh round also reconciles the view with one ListMachines: a
  *   machine whose MachineNew was lost or whose fetch failed (machined did not answer in time) is
  *   fetched again, and one whose MachineRemoved was lost is checked and dropped. Signals alone would
  *   leave such a machine missing or stale until machined restarts.
@@ -612,7 +612,7 @@ export class Registry {
     addresses: AddressesWhen = 'ask',
   ): Promise<MachineRecord> {
     const [read, ids] = await Promise.all([
-      this.readAddresses(record, addresses === 'if-changed' ? known : undefined),
+      this.readAddresses(record, addresses === 'if-changed'),
       this.readIds(record, known, accounts),
     ]);
     return { ...record, ...read, ...ids };
@@ -780,12 +780,13 @@ export class Registry {
   }
 
   /**
-   * `unlessUnchanged`: what machined answered before for the same leader, kept without a call when
-   * the leader's network namespace digest is still the one taken before that answer.
+   * `keepIfUnchanged` (a refresh of the record in the table): the record's addresses, which are
+   * machined's latest answer, are kept without a call while the leader's network namespace digest
+   * is still the one taken before that answer.
    */
   private async readAddresses(
     record: MachineRecord,
-    unlessUnchanged?: MachineRecord,
+    keepIfUnchanged = false,
   ): Promise<Pick<MachineRecord, 'addresses' | 'addressSource' | 'addressError' | 'addressesCheckedAt'>> {
     if (!record.leaderAlive)
       return {
@@ -820,21 +821,14 @@ export class Registry {
     const digest = this.host.networkState?.(record.leader);
     const before = this.netStates.get(record.name);
     if (
-      unlessUnchanged !== undefined &&
+      keepIfUnchanged &&
       digest !== undefined &&
       before?.digest === digest &&
-      before.leader === record.leader &&
-      unlessUnchanged.leader === record.leader &&
-      (unlessUnchanged.addressSource === 'machined' || unlessUnchanged.addressError !== undefined) &&
-      unlessUnchanged.addressError !== 'leader gone'
+      before.leader === record.leader
     ) {
       this.addressesKept++;
-      return {
-        addresses: unlessUnchanged.addresses,
-        addressSource: unlessUnchanged.addressSource,
-        addressError: unlessUnchanged.addressError,
-        addressesCheckedAt: unlessUnchanged.addressesCheckedAt,
-      };
+      const { addresses, addressSource, addressError, addressesCheckedAt } = record;
+      return { addresses, addressSource, addressError, addressesCheckedAt };
     }
     this.netStates.delete(record.name);
     let raw: RawAddress[];
@@ -882,7 +876,7 @@ export class Registry {
   /**
    * Re-reads what can change without a signal; coalesced per machine; applied only if changed.
    * `addresses`: 'if-changed' keeps a container's addresses without asking machined while its
-   * network namespace digest is unchanged (the refresh rounds between full ones).
+   * network namespace digest is unchanged (the refresh rounds, except in the container's turn).
    */
   refresh(name: string, accounts: AccountsWhen = 'now', addresses: AddressesWhen = 'ask'): Promise<void> {
     const running = this.refreshes.get(name);
@@ -933,7 +927,7 @@ export class Registry {
   }
 
   /**
-   * Every full round reconciles with ListMachines; every round refreshes every machine once, one after the
+   * Every `fullRefreshRounds`th round reconciles with ListMachines; every round refreshes every machine once, one after the
    * other, spread evenly over the interval. The daemon serves meanwhile: a round done at once (16 at
    * a time) came as a burst of work and garbage whose scavenges and batched replies held DNS answers
    * for milliseconds at 1,000 machines (BENCHMARKS.md, bench:dns). Refreshes are also never closer
@@ -946,7 +940,7 @@ export class Registry {
    * one round of every `fullRefreshRounds`, staggered: a round that asked for every container came
    * as 100 calls a second for 10 s each minute, and its tail showed in the DNS p99 at 10,000 q/s
    * (BENCHMARKS.md, bench:dns). Only every `fullRefreshRounds`th round reconciles: a ListMachines of
-   * 1,000 machines every 10 s cost FakeMachined 10–30 ms of CPU each and moved the same p99, and
+   * 1,000 machines every 10 s cost FakeMachined 10–40 ms of CPU each and moved the same p99, and
    * lost signals are rare.
    */
   private async refreshRounds(): Promise<void> {
@@ -1009,7 +1003,7 @@ export class Registry {
    * MachineRemoved) is fetched too, which drops it only if machined confirms it is gone: the listing
    * alone never removes anything, so a registration racing with it cannot be lost. A resync does
    * all of this and more, so none runs meanwhile. The call never starts machined (NO_AUTO_START),
-   * and runs in full rounds only, next to the GetMachineAddresses calls of every container.
+   * and runs in every `fullRefreshRounds`th round only.
    */
   private async reconcile(): Promise<void> {
     const client = this.client;
