@@ -489,6 +489,61 @@ test('[test double] the leader check reaches every machine, also those after the
   t.true(r.view.byName('m599')?.leaderAlive, 'the others are untouched');
 });
 
+test('[test double] the leader check checks at most leaderCheckRate leaders a second, a batch at a time, and says when that stretches its round', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.seed(
+    Array.from({ length: 40 }, (_, i) => fakeMachine(`m${i}`, process.pid, { timestamp: '0' })),
+  );
+  const checks: number[] = [];
+  const checked = new EventCount();
+  const note = (): void => {
+    checks.push(performance.now());
+    checked.bump();
+  };
+  const host: HostReader = {
+    ...procHost,
+    exists: (pid) => {
+      note();
+      return procHost.exists?.(pid);
+    },
+    startTime: (pid) => {
+      note();
+      return procHost.startTime(pid);
+    },
+  };
+  const logger = memoryLogger();
+  // 40 leaders every 20 ms would be 2,000 checks a second in bursts of 40; the rate allows 100,
+  // so a round takes 0.4 s: a batch of 5 every 50 ms
+  const r = new Registry({
+    busAddress: fake.busAddress,
+    logger,
+    host,
+    refreshIntervalMs: 60_000,
+    leaderCheckIntervalMs: 20,
+    leaderCheckRate: 100,
+    settleDelaysMs: [],
+  });
+  t.teardown(() => r.stop());
+  await r.start();
+  const synced = checks.length;
+  // 80 checks (two rounds) take 0.8 s at this rate; a loaded machine may take longer, so wait.
+  await checked.reach(synced + 80);
+  const seen = checks.slice(synced);
+  t.true(seen.length >= 80, `the check runs (${seen.length} checks)`);
+  const spanMs = (seen.at(-1) ?? 0) - (seen[0] ?? 0);
+  t.true(
+    seen.length <= (spanMs / 1000) * 100 + 10,
+    `at most 100 a second (${seen.length} in ${spanMs.toFixed(0)} ms)`,
+  );
+  const burst = Math.max(...seen.map((at) => seen.filter((b) => b >= at && b < at + 10).length));
+  t.true(burst <= 10, `spread in batches of 5, not all 40 at once (${burst} within 10 ms)`);
+  await logger.waitFor(
+    /leader check: 40 leaders at most 100 per second: a dead leader is noticed within 0\.4 s, not 0\.02 s/,
+  );
+  t.true(r.view.all().every((m) => m.leaderAlive));
+});
+
 test('[test double] grouped: 40 containers whose /proc/PID/root is unreadable give three warnings in full per file and a count, not 80 lines', async (t) => {
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());

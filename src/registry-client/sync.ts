@@ -72,6 +72,12 @@ export interface RegistryOptions {
   readonly settleDelaysMs?: readonly number[];
   /** How often leaders are checked for being alive (a cheap /proc read per machine). */
   readonly leaderCheckIntervalMs?: number;
+  /**
+   * At most this many leaders are checked per second: with more machines than
+   * `leaderCheckIntervalMs` × rate, a round takes N / rate seconds (at 10,000 machines, checking
+   * every leader every 2 s took 7–9 % of a core while idle and cost DNS a fifth of its q/s).
+   */
+  readonly leaderCheckRate?: number;
   /** Deadline of each D-Bus call (GetMachineAddresses forks into the container). */
   readonly callTimeoutMs?: number;
   /** Parallel D-Bus fetches and refreshes (a resync, a burst of MachineNew signals). */
@@ -105,6 +111,7 @@ export const DEFAULTS = {
   fullRefreshRounds: 6,
   settleDelaysMs: [100, 250, 500, 1_000, 2_000, 4_000] as readonly number[],
   leaderCheckIntervalMs: 2_000,
+  leaderCheckRate: 1_000,
   callTimeoutMs: 5_000,
   concurrency: 16,
   reconnectMinMs: 100,
@@ -128,8 +135,11 @@ const LEADER_CHECK_SLICE_MS = 0.25;
  */
 const ACCOUNT_ROUNDS = 6;
 
-/** Every how many leader-check rounds each leader's start time is read (see scheduleLeaderCheck). */
+/** Every how many leader-check rounds each leader's start time is read (see leaderRounds). */
 const LEADER_FULL_CHECK_EVERY = 5;
+
+/** A leader-check round wakes this often to check its next batch of leaders (see leaderRounds). */
+const LEADER_CHECK_STEP_MS = 50;
 
 type Fetched = { readonly kind: 'found'; readonly record: MachineRecord } | { readonly kind: 'gone' };
 
@@ -156,7 +166,8 @@ export class Registry {
   private readonly limit: <T>(work: () => Promise<T>) => Promise<T>;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private reconnectDelay: number;
-  private refreshTimer: NodeJS.Timeout | undefined;
+  private readonly refreshPause = new Pause();
+  private readonly leaderPause = new Pause();
   /** The user namespace each container's maps were last read in (see readIds). */
   private readonly userNamespaces = new Map<string, string>();
   /**
@@ -173,8 +184,7 @@ export class Registry {
   /** How long a refresh round takes now (the interval, or longer when the rate bound stretches it). */
   private refreshRoundMs: number;
   private roundStretched = false;
-  private refreshWake: (() => void) | undefined;
-  private leaderTimer: NodeJS.Timeout | undefined;
+  private leaderRoundStretched = false;
   private lastSyncAt = 0;
   private lastSyncMs = 0;
   private lastError: string | undefined;
@@ -194,6 +204,7 @@ export class Registry {
       fullRefreshRounds: options.fullRefreshRounds ?? DEFAULTS.fullRefreshRounds,
       settleDelaysMs: options.settleDelaysMs ?? DEFAULTS.settleDelaysMs,
       leaderCheckIntervalMs: options.leaderCheckIntervalMs ?? DEFAULTS.leaderCheckIntervalMs,
+      leaderCheckRate: options.leaderCheckRate ?? DEFAULTS.leaderCheckRate,
       callTimeoutMs: options.callTimeoutMs ?? DEFAULTS.callTimeoutMs,
       concurrency: options.concurrency ?? DEFAULTS.concurrency,
       reconnectMinMs: options.reconnectMinMs ?? DEFAULTS.reconnectMinMs,
@@ -201,6 +212,8 @@ export class Registry {
     };
     if (!(this.opts.refreshRate > 0))
       throw new RangeError(`refreshRate ${this.opts.refreshRate}: must be > 0`);
+    if (!(this.opts.leaderCheckRate > 0))
+      throw new RangeError(`leaderCheckRate ${this.opts.leaderCheckRate}: must be > 0`);
     if (!Number.isInteger(this.opts.fullRefreshRounds) || this.opts.fullRefreshRounds < 1)
       throw new RangeError(`fullRefreshRounds ${this.opts.fullRefreshRounds}: must be an integer ≥ 1`);
     this.refreshRoundMs = this.opts.refreshIntervalMs;
@@ -251,16 +264,15 @@ export class Registry {
   async start(): Promise<void> {
     void this.connect();
     void this.refreshRounds();
-    this.scheduleLeaderCheck();
+    void this.leaderRounds();
     await this.firstSync.promise;
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.reconnectTimer);
-    clearTimeout(this.refreshTimer);
-    this.refreshWake?.();
-    clearTimeout(this.leaderTimer);
+    this.refreshPause.cancel();
+    this.leaderPause.cancel();
     for (const t of this.settleTimers.values()) clearTimeout(t);
     this.settleTimers.clear();
     this.conn?.close(); // pending D-Bus calls fail at once
@@ -947,7 +959,7 @@ export class Registry {
     const interval = this.opts.refreshIntervalMs;
     const closest = 1000 / this.opts.refreshRate;
     let last = -Infinity; // when the latest refresh began, across rounds
-    await this.pauseUntil(Date.now() + interval);
+    await this.refreshPause.until(Date.now() + interval);
     for (let round = 1; !this.stopped; round++) {
       const began = Date.now();
       const accounts = round % ACCOUNT_ROUNDS === 0 ? 'now' : 'if-missing';
@@ -960,13 +972,13 @@ export class Registry {
       const gap = Math.max(interval / Math.max(1, names.length), closest);
       this.noteRoundTime(names.length, gap * names.length);
       for (const [i, name] of names.entries()) {
-        await this.pauseUntil(Math.max(began + i * gap, last + closest));
+        await this.refreshPause.until(Math.max(began + i * gap, last + closest));
         if (this.stopped) return;
         last = Date.now();
         const turn = ((this.arrivals.get(name) ?? i) + round) % full === 0;
         await this.refresh(name, accounts, turn ? 'ask' : 'if-changed');
       }
-      await this.pauseUntil(began + Math.max(interval, names.length * gap));
+      await this.refreshPause.until(began + Math.max(interval, names.length * gap));
     }
   }
 
@@ -982,19 +994,6 @@ export class Registry {
         ? `refresh: ${machines} machines at most ${this.opts.refreshRate} per second (--refresh-rate): each machine's addresses are re-read every ${every}, not every ${this.opts.refreshIntervalMs / 1000} s`
         : `refresh: each machine's addresses are re-read every ${every} again`,
     );
-  }
-
-  /** Resolves at `time` (Date.now() clock), or at once when it has passed or the registry stops. */
-  private pauseUntil(time: number): Promise<void> {
-    const wait = time - Date.now();
-    if (wait <= 0 || this.stopped) return Promise.resolve();
-    return new Promise((resolve) => {
-      this.refreshWake = resolve;
-      this.refreshTimer = setTimeout(() => {
-        this.refreshWake = undefined;
-        resolve();
-      }, wait);
-    });
   }
 
   /**
@@ -1038,44 +1037,104 @@ export class Registry {
    * Every `LEADER_FULL_CHECK_EVERY`th round reads each leader's start time (a pid reused by another
    * process); the rounds between only ask whether the pid exists (signal 0), and read the start
    * time of those that do not: at 10,000 machines the full check every 2 s took 8 % of the daemon's
-   * CPU under DNS load (BENCHMARKS.md, bench:scale), signal 0 about a tenth of that.
+   * CPU under DNS load (BENCHMARKS.md, bench:scale), signal 0 about a tenth of that. A round is
+   * spread over its period, a batch of leaders every `LEADER_CHECK_STEP_MS`, and lasts at least
+   * N / `leaderCheckRate` s: checking 10,000 leaders every 2 s still took 7–9 % of a core while idle
+   * and a fifth of the DNS q/s under load (BENCHMARKS.md, bench:scale).
    */
-  private scheduleLeaderCheck(round = 0): void {
-    if (this.stopped) return;
-    const full = round % LEADER_FULL_CHECK_EVERY === 0;
-    this.leaderTimer = setTimeout(() => {
-      void (async () => {
-        let slice = performance.now();
-        for (const m of this.table.all()) {
-          if (m.class === 'host' || !m.leaderAlive) continue;
-          // procHost reads /proc synchronously: let queries in between, whatever the machine count.
-          if (performance.now() - slice > LEADER_CHECK_SLICE_MS) {
-            await new Promise<void>((resolve) => setImmediate(resolve));
-            slice = performance.now();
-          }
-          if (!full && this.host.exists?.(m.leader) === true) continue;
-          const st = await this.host.startTime(m.leader);
-          const expected = this.leaderStarts.get(m.name);
-          if (st !== undefined && (expected === undefined || st === expected)) continue;
-          if (this.table.byName(m.name) !== m) continue;
-          this.options.logger.warn(
-            `machine ${m.name}: leader ${m.leader} is gone; it stays registered in machined`,
-          );
-          this.table.upsert({
-            ...m,
-            leaderAlive: false,
-            addresses: [],
-            addressSource: 'none',
-            addressError: 'leader gone',
-          });
+  private async leaderRounds(): Promise<void> {
+    const interval = this.opts.leaderCheckIntervalMs;
+    await this.leaderPause.until(Date.now() + interval);
+    for (let round = 0; !this.stopped; round++) {
+      const began = Date.now();
+      const full = round % LEADER_FULL_CHECK_EVERY === 0;
+      const names = this.table
+        .all()
+        .filter((m) => m.class !== 'host' && m.leaderAlive)
+        .map((m) => m.name);
+      const period = Math.max(interval, (names.length / this.opts.leaderCheckRate) * 1000);
+      this.noteLeaderRound(names.length, period);
+      const gap = period / Math.max(1, names.length);
+      const batch = Math.max(1, Math.ceil(LEADER_CHECK_STEP_MS / gap));
+      let slice = performance.now();
+      for (const [i, name] of names.entries()) {
+        if (i > 0 && i % batch === 0) {
+          await this.leaderPause.until(began + i * gap);
+          slice = performance.now();
+        } else if (performance.now() - slice > LEADER_CHECK_SLICE_MS) {
+          // procHost reads /proc synchronously: let queries in between, whatever the batch.
+          await new Promise<void>((resolve) => setImmediate(resolve));
+          slice = performance.now();
         }
-      })().finally(() => this.scheduleLeaderCheck(round + 1));
-    }, this.opts.leaderCheckIntervalMs);
+        if (this.stopped) return;
+        const m = this.table.byName(name);
+        if (m && m.class !== 'host' && m.leaderAlive) await this.checkLeader(m, full);
+      }
+      await this.leaderPause.until(began + period);
+    }
+  }
+
+  /** Marks the machine's leader gone when its pid no longer exists or now belongs to another process. */
+  private async checkLeader(m: MachineRecord, full: boolean): Promise<void> {
+    if (!full && this.host.exists?.(m.leader) === true) return;
+    const st = await this.host.startTime(m.leader);
+    const expected = this.leaderStarts.get(m.name);
+    if (st !== undefined && (expected === undefined || st === expected)) return;
+    if (this.table.byName(m.name) !== m) return;
+    this.options.logger.warn(
+      `machine ${m.name}: leader ${m.leader} is gone; it stays registered in machined`,
+    );
+    this.table.upsert({
+      ...m,
+      leaderAlive: false,
+      addresses: [],
+      addressSource: 'none',
+      addressError: 'leader gone',
+    });
+  }
+
+  /** Says when the leader check is stretched beyond its interval by the rate bound, and when no longer. */
+  private noteLeaderRound(leaders: number, periodMs: number): void {
+    const stretched = periodMs > this.opts.leaderCheckIntervalMs;
+    if (stretched === this.leaderRoundStretched) return;
+    this.leaderRoundStretched = stretched;
+    this.options.logger.info(
+      stretched
+        ? `leader check: ${leaders} leaders at most ${this.opts.leaderCheckRate} per second: a dead leader is noticed within ${Math.round(periodMs / 100) / 10} s, not ${this.opts.leaderCheckIntervalMs / 1000} s`
+        : `leader check: a dead leader is noticed within ${this.opts.leaderCheckIntervalMs / 1000} s again`,
+    );
   }
 
   private noteError(message: string): void {
     this.lastError = message;
     this.options.logger.warn(message);
+  }
+}
+
+/** A cancellable wait on the Date.now() clock; after cancel() every wait resolves at once. */
+class Pause {
+  private timer: NodeJS.Timeout | undefined;
+  private wake: (() => void) | undefined;
+  private cancelled = false;
+
+  /** Resolves at `time`, or at once when it has passed or the pause was cancelled. */
+  until(time: number): Promise<void> {
+    const wait = time - Date.now();
+    if (wait <= 0 || this.cancelled) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.wake = resolve;
+      this.timer = setTimeout(() => {
+        this.wake = undefined;
+        resolve();
+      }, wait);
+    });
+  }
+
+  cancel(): void {
+    this.cancelled = true;
+    clearTimeout(this.timer);
+    this.wake?.();
+    this.wake = undefined;
   }
 }
 
