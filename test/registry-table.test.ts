@@ -3,6 +3,7 @@ import { formatAddress, isLinkLocal, parseAddress } from '../src/registry-client
 import { isValidUnixId, ownsId, parseIdMap, translateId } from '../src/registry-client/idmap.js';
 import { MachineTable } from '../src/registry-client/registry.js';
 import type { ViewChange } from '../src/registry-client/view.js';
+import { prng } from './support/prng.js';
 import { machineRecord } from './support/records.js';
 
 // ---- addresses -------------------------------------------------------------------------------
@@ -169,6 +170,69 @@ test('id lookups stay one step among many non-overlapping machines', (t) => {
     t.is(table.ownerOfUid(65536 * (i + 1) + 1000)?.machine.name, `m${i}`);
   }
   t.is(table.ownerOfUid(65536 * (n + 1) + 1), undefined);
+});
+
+test('a range over nearly the whole id space and narrow ones: the first registered owns an id they share, and every range ends where its count does', (t) => {
+  const table = new MachineTable();
+  const wide = { inner: 0, outer: 65536, count: 0xfffe0000 };
+  table.upsert(machineRecord({ name: 'narrow', uidMap: [{ inner: 0, outer: 655360, count: 65536 }] }));
+  table.upsert(machineRecord({ name: 'wide', uidMap: [wide] }));
+  table.upsert(machineRecord({ name: 'late', uidMap: [{ inner: 0, outer: 720896, count: 65536 }] }));
+  t.is(table.ownerOfUid(655360 + 5)?.machine.name, 'narrow');
+  t.deepEqual(table.ownerOfUid(720896 + 5), { machine: table.byName('wide'), inner: 720896 + 5 - 65536 });
+  t.is(table.ownerOfUid(0xfffe0000 + 65535)?.machine.name, 'wide');
+  t.is(table.ownerOfUid(0xfffe0000 + 65536), undefined);
+  // ranges of 16 and 17 times 64 Ki: their last ids are theirs, the next ones nobody's
+  const at = 0x10000000;
+  const table2 = new MachineTable();
+  table2.upsert(machineRecord({ name: 'sixteen', gidMap: [{ inner: 0, outer: at, count: 16 * 65536 }] }));
+  table2.upsert(
+    machineRecord({ name: 'seventeen', gidMap: [{ inner: 0, outer: at + 0x1000000, count: 17 * 65536 }] }),
+  );
+  t.is(table2.ownerOfGid(at + 16 * 65536 - 1)?.machine.name, 'sixteen');
+  t.is(table2.ownerOfGid(at + 0x1000000 + 17 * 65536 - 1)?.machine.name, 'seventeen');
+  t.is(table2.ownerOfGid(at + 16 * 65536), undefined);
+});
+
+test("id owners agree with machined's walk (first machine, first line) over random overlapping maps", (t) => {
+  const random = prng(20261204);
+  const int = (n: number): number => Math.floor(random() * n);
+  for (let round = 0; round < 20; round++) {
+    const table = new MachineTable();
+    const machines = Array.from({ length: 1 + int(40) }, (_, i) =>
+      machineRecord({
+        name: `m${i}`,
+        leaderAlive: random() > 0.1,
+        class: random() > 0.1 ? 'container' : 'vm',
+        uidMap: Array.from({ length: 1 + int(3) }, () => {
+          const shape = int(4);
+          // aligned 64 Ki, unaligned, tiny, or wide; some with outer 0 or count 0
+          const outer = shape === 3 ? int(4) * 65536 : int(64) * 65536 + (shape === 1 ? int(65536) : 0);
+          const count = [65536, 65536 + int(200000), int(3), 65536 * (17 + int(40))][shape] ?? 1;
+          return { inner: int(70000), outer, count };
+        }),
+      }),
+    );
+    for (const m of machines) table.upsert(m);
+    for (let probe = 0; probe < 300; probe++) {
+      const id = int(80 * 65536);
+      let expected: { name: string; inner: number } | undefined;
+      for (const m of machines) {
+        if (m.class !== 'container' || !m.leaderAlive) continue;
+        const owns = ownsId(m.uidMap ?? [], id);
+        if (owns.kind === 'not-owned') continue;
+        expected = { name: m.name, inner: owns.inner };
+        break;
+      }
+      const found = table.ownerOfUid(id);
+      const got = found && { name: found.machine.name, inner: found.inner };
+      if (JSON.stringify(got) !== JSON.stringify(expected)) {
+        t.fail(`round ${round}, uid ${id}: ${JSON.stringify(got)}, machined ${JSON.stringify(expected)}`);
+        return;
+      }
+    }
+  }
+  t.pass();
 });
 
 test('machines take their place by registration rank, whatever the order their records arrive in', (t) => {
