@@ -544,6 +544,33 @@ test('[test double] the leader check checks at most leaderCheckRate leaders a se
   t.true(r.view.all().every((m) => m.leaderAlive));
 });
 
+test('[test double] a leader check that throws for one machine goes on with the others and in later rounds', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  const leader = spawn('sleep', ['60'], { stdio: 'ignore' });
+  t.teardown(() => leader.kill('SIGKILL'));
+  await fake.seed([
+    fakeMachine('odd', process.pid, { timestamp: '1' }),
+    fakeMachine('mortal', leader.pid ?? 0, { timestamp: '2' }),
+  ]);
+  let throwing = false;
+  const host: HostReader = {
+    ...procHost,
+    // a HostReader that throws (procHost answers undefined instead): every full check of 'odd'
+    startTime: (pid) =>
+      throwing && pid === process.pid ? Promise.reject(new Error('EIO')) : procHost.startTime(pid),
+  };
+  const r = registry(fake.busAddress, { host, leaderCheckIntervalMs: 20, settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  throwing = true;
+  const exited = once(leader, 'exit');
+  leader.kill('SIGKILL');
+  await exited;
+  await until(r.view, (v) => v.byName('mortal')?.leaderAlive === false, 5_000);
+  t.true(r.view.byName('odd')?.leaderAlive, 'a failed check is no verdict');
+});
+
 test('[test double] grouped: 40 containers whose /proc/PID/root is unreadable give three warnings in full per file and a count, not 80 lines', async (t) => {
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());

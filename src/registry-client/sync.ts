@@ -1068,7 +1068,13 @@ export class Registry {
         }
         if (this.stopped) return;
         const m = this.table.byName(name);
-        if (m && m.class !== 'host' && m.leaderAlive) await this.checkLeader(m, full);
+        if (!m || m.class === 'host' || !m.leaderAlive) continue;
+        try {
+          await this.checkLeader(m, full);
+        } catch (err) {
+          // procHost answers undefined rather than throwing; anything else must not end the check
+          this.options.logger.debug(`leader check of ${name} failed: ${describe(err)}`);
+        }
       }
       await this.leaderPause.until(began + period);
     }
