@@ -538,6 +538,15 @@ test('[test double] the leader check checks at most leaderCheckRate leaders a se
   );
   const burst = Math.max(...seen.map((at) => seen.filter((b) => b >= at && b < at + 10).length));
   t.true(burst <= 10, `spread in batches of 5, not all 40 at once (${burst} within 10 ms)`);
+  // The daemon starved for 300 ms in the middle of a round: its overdue batches do not come at once.
+  await checked.reach(checks.length + 20);
+  const starved = performance.now() + 300;
+  while (performance.now() < starved); // a busy wait on purpose: nothing else may run
+  const stalled = checks.length;
+  await checked.reach(stalled + 20);
+  const after = checks.slice(stalled, stalled + 20);
+  const catchUp = Math.max(...after.map((at) => after.filter((b) => b >= at && b < at + 10).length));
+  t.true(catchUp <= 10, `after a stall, batches of 5 at most twice as often (${catchUp} within 10 ms)`);
   await logger.waitFor(
     /leader check: 40 leaders at most 100 per second: a dead leader is noticed within 0\.4 s, not 0\.02 s/,
   );

@@ -1045,6 +1045,7 @@ export class Registry {
   private async leaderRounds(): Promise<void> {
     const interval = this.opts.leaderCheckIntervalMs;
     await this.leaderPause.until(Date.now() + interval);
+    let lastBatch = -Infinity; // when the latest batch began, across rounds
     for (let round = 0; !this.stopped; round++) {
       const began = Date.now();
       const full = round % LEADER_FULL_CHECK_EVERY === 0;
@@ -1058,8 +1059,11 @@ export class Registry {
       const batch = Math.max(1, Math.ceil(LEADER_CHECK_STEP_MS / gap));
       let slice = performance.now();
       for (const [i, name] of names.entries()) {
-        if (i > 0 && i % batch === 0) {
-          await this.leaderPause.until(began + i * gap);
+        if (i % batch === 0) {
+          // Behind schedule (the daemon was stopped or starved), batches come at most twice as
+          // often as planned, not all at once.
+          await this.leaderPause.until(Math.max(began + i * gap, lastBatch + LEADER_CHECK_STEP_MS / 2));
+          lastBatch = Date.now();
           slice = performance.now();
         } else if (performance.now() - slice > LEADER_CHECK_SLICE_MS) {
           // procHost reads /proc synchronously: let queries in between, whatever the batch.
