@@ -54,6 +54,13 @@ async function poll(pred: () => boolean, timeoutMs: number): Promise<void> {
   }
 }
 
+/** Time from the first to the last of these performance.now() stamps, in ms. */
+const spanOf = (times: readonly number[]): number => (times.at(-1) ?? 0) - (times[0] ?? 0);
+
+/** The most stamps that fall within `windowMs` of one of them: how bursty the events were. */
+const mostWithin = (times: readonly number[], windowMs: number): number =>
+  Math.max(...times.map((at) => times.filter((b) => b >= at && b < at + windowMs).length));
+
 function registry(busAddress: string, extra: Partial<RegistryOptions> = {}): Registry {
   return new Registry({ busAddress, logger: memoryLogger(), refreshIntervalMs: 60_000, ...extra });
 }
@@ -531,12 +538,12 @@ test('[test double] the leader check checks at most leaderCheckRate leaders a se
   await checked.reach(synced + 80);
   const seen = checks.slice(synced);
   t.true(seen.length >= 80, `the check runs (${seen.length} checks)`);
-  const spanMs = (seen.at(-1) ?? 0) - (seen[0] ?? 0);
+  const spanMs = spanOf(seen);
   t.true(
     seen.length <= (spanMs / 1000) * 100 + 10,
     `at most 100 a second (${seen.length} in ${spanMs.toFixed(0)} ms)`,
   );
-  const burst = Math.max(...seen.map((at) => seen.filter((b) => b >= at && b < at + 10).length));
+  const burst = mostWithin(seen, 10);
   t.true(burst <= 10, `spread in batches of 5, not all 40 at once (${burst} within 10 ms)`);
   // The daemon starved for 300 ms in the middle of a round: its overdue batches do not come at once.
   await checked.reach(checks.length + 20);
@@ -545,7 +552,7 @@ test('[test double] the leader check checks at most leaderCheckRate leaders a se
   const stalled = checks.length;
   await checked.reach(stalled + 20);
   const after = checks.slice(stalled, stalled + 20);
-  const catchUp = Math.max(...after.map((at) => after.filter((b) => b >= at && b < at + 10).length));
+  const catchUp = mostWithin(after, 10);
   t.true(catchUp <= 10, `after a stall, batches of 5 at most twice as often (${catchUp} within 10 ms)`);
   await logger.waitFor(
     /leader check: 40 leaders at most 100 per second: a dead leader is noticed within 0\.4 s, not 0\.02 s/,
@@ -754,7 +761,7 @@ test('[test double] --refresh-rate: refreshes are never closer than 1/rate s, an
   await refreshStarts.reach(synced + 30);
   const refreshes = reads.slice(synced);
   t.true(refreshes.length >= 30, `refreshes happen (${refreshes.length})`);
-  const spanMs = (refreshes.at(-1) ?? 0) - (refreshes[0] ?? 0);
+  const spanMs = spanOf(refreshes);
   t.true(
     refreshes.length <= (spanMs / 1000) * 20 + 2,
     `at most 20 a second (${refreshes.length} in ${spanMs.toFixed(0)} ms)`,

@@ -183,8 +183,8 @@ export class Registry {
   private accountsRead: Promise<void> = Promise.resolve();
   /** How long a refresh round takes now (the interval, or longer when the rate bound stretches it). */
   private refreshRoundMs: number;
-  private roundStretched = false;
-  private leaderRoundStretched = false;
+  /** Which rounds are stretched by their rate bound now (see noteStretch). */
+  private readonly stretched = new Set<'refresh' | 'leader check'>();
   private lastSyncAt = 0;
   private lastSyncMs = 0;
   private lastError: string | undefined;
@@ -984,16 +984,25 @@ export class Registry {
 
   /** Says when a round is stretched beyond the interval by the rate bound, and when it no longer is. */
   private noteRoundTime(machines: number, roundMs: number): void {
-    const stretched = roundMs > this.opts.refreshIntervalMs;
     this.refreshRoundMs = Math.max(roundMs, this.opts.refreshIntervalMs);
-    if (stretched === this.roundStretched) return;
-    this.roundStretched = stretched;
     const every = `${Math.round(this.refreshRoundMs / 100) / 10} s`;
-    this.options.logger.info(
+    this.noteStretch('refresh', roundMs > this.opts.refreshIntervalMs, (stretched) =>
       stretched
         ? `refresh: ${machines} machines at most ${this.opts.refreshRate} per second (--refresh-rate): each machine's addresses are re-read every ${every}, not every ${this.opts.refreshIntervalMs / 1000} s`
         : `refresh: each machine's addresses are re-read every ${every} again`,
     );
+  }
+
+  /** Logs once when the rounds of `what` become stretched by their rate bound, and once when no longer. */
+  private noteStretch(
+    what: 'refresh' | 'leader check',
+    stretched: boolean,
+    message: (stretched: boolean) => string,
+  ): void {
+    if (this.stretched.has(what) === stretched) return;
+    if (stretched) this.stretched.add(what);
+    else this.stretched.delete(what);
+    this.options.logger.info(message(stretched));
   }
 
   /**
@@ -1054,7 +1063,11 @@ export class Registry {
         .filter((m) => m.class !== 'host' && m.leaderAlive)
         .map((m) => m.name);
       const period = Math.max(interval, (names.length / this.opts.leaderCheckRate) * 1000);
-      this.noteLeaderRound(names.length, period);
+      this.noteStretch('leader check', period > interval, (stretched) =>
+        stretched
+          ? `leader check: ${names.length} leaders at most ${this.opts.leaderCheckRate} per second: a dead leader is noticed within ${Math.round(period / 100) / 10} s, not ${interval / 1000} s`
+          : `leader check: a dead leader is noticed within ${interval / 1000} s again`,
+      );
       const gap = period / Math.max(1, names.length);
       const batch = Math.max(1, Math.ceil(LEADER_CHECK_STEP_MS / gap));
       let slice = performance.now();
@@ -1101,18 +1114,6 @@ export class Registry {
       addressSource: 'none',
       addressError: 'leader gone',
     });
-  }
-
-  /** Says when the leader check is stretched beyond its interval by the rate bound, and when no longer. */
-  private noteLeaderRound(leaders: number, periodMs: number): void {
-    const stretched = periodMs > this.opts.leaderCheckIntervalMs;
-    if (stretched === this.leaderRoundStretched) return;
-    this.leaderRoundStretched = stretched;
-    this.options.logger.info(
-      stretched
-        ? `leader check: ${leaders} leaders at most ${this.opts.leaderCheckRate} per second: a dead leader is noticed within ${Math.round(periodMs / 100) / 10} s, not ${this.opts.leaderCheckIntervalMs / 1000} s`
-        : `leader check: a dead leader is noticed within ${this.opts.leaderCheckIntervalMs / 1000} s again`,
-    );
   }
 
   private noteError(message: string): void {
