@@ -467,7 +467,7 @@ test('exact-bytes entries keep case, flags and EDNS apart, and collision picks s
   t.false(ask(z, 'alpha.machine', 'A', { rd: false }).rd);
   t.true(ask(z, 'alpha.machine', 'A').rd);
   t.not(ask(z, 'alpha.machine', 'A', { edns: {} }).opt, undefined);
-  t.is(z.replies.size, 4);
+  t.is(z.replies.size, 3, 'alpha three ways; ALPHA, with upper case, takes the parsed path');
   for (let i = 0; i < 2; i++) {
     t.deepEqual(ask(z, 'Web.machine', 'A').answers, ['Web.machine 0 A 192.0.2.21']);
     t.deepEqual(ask(z, 'web.machine', 'A').answers, ['web.machine 0 A 192.0.2.22']);
@@ -490,6 +490,20 @@ test('exact-bytes entries: UDP only, short queries only, bounded by the answer l
     'alpha.machine 0 A 192.0.2.10',
     'alpha.machine 0 A 198.51.100.7',
   ]);
+});
+
+test('names with upper case (0x20 resolvers) are not kept by their exact bytes and evict nothing', (t) => {
+  const z: Zone = { ...makeZone(), replies: new Map(), answerLimit: 8 };
+  ask(z, 'alpha.machine', 'A');
+  const [kept] = [...z.replies.keys()];
+  // Every spelling of alpha.machine with at least one upper-case letter, as a 0x20 resolver asks.
+  const letters = 'alpha.machine';
+  for (let mask = 1; mask < 64; mask++) {
+    const name = letters.replace(/[a-z]/g, (c, i: number) => ((mask >> (i % 6)) & 1 ? c.toUpperCase() : c));
+    t.deepEqual(ask(z, name, 'A').answers, [`${name} 0 A 192.0.2.10`, `${name} 0 A 198.51.100.7`]);
+  }
+  t.deepEqual([...z.replies.keys()], [kept], 'the lower-case entry is the only one, and still there');
+  t.is(z.answers.size, 1, 'the question is kept once, case-folded');
 });
 
 test('queries with EDNS options (a client cookie) are not kept by their exact bytes, only by question', (t) => {

@@ -7,8 +7,9 @@
  *
  * Hot path (undici's habit, perf-anchors "cached"), two levels, both kept in the zone, so a view
  * change (a new zone) drops every kept response:
- * 1. `zone.replies`: a UDP query of up to EXACT_QUERY_MAX bytes without EDNS options, by its exact
- *    bytes after the ID; a hit copies the response and sets the ID, without parsing.
+ * 1. `zone.replies`: a UDP query of up to EXACT_QUERY_MAX bytes without EDNS options and without
+ *    upper case in its name, by its exact bytes after the ID; a hit copies the response and sets the
+ *    ID, without parsing.
  * 2. `zone.answers`: the encoded response of every question, keyed by the lower-cased question name,
  *    type, class and EDNS shape; a hit copies it and patches only the ID, the RD and CD bits and the
  *    question name's bytes (case echo; every other owner name is a compression pointer to the
@@ -120,9 +121,10 @@ export const EXACT_QUERY_MAX = 128;
  * UDP first looks the query up by its exact bytes after the ID in `zone.replies`: the response is a
  * function of those bytes and the zone alone (this function keeps no other state and reads no
  * clock), so a client repeating a question gets the kept response with its own ID, without parsing.
- * A query differing in any byte, its name's case included, is a different entry. Queries carrying
- * EDNS options are not kept: a client cookie (dig sends one, new in every invocation) would make
- * each of them a new entry that is never asked again and fill the map; they take the second level.
+ * A query differing in any byte is a different entry. Queries carrying EDNS options are not kept: a
+ * client cookie (dig sends one, new in every invocation) would make each of them a new entry that is
+ * never asked again and fill the map; nor are names with upper case (hasUpperCase). Both take the
+ * second level.
  */
 export function answer(query: Buffer, zone: Zone, transport: Transport): Reply {
   if (transport !== 'udp' || query.length > EXACT_QUERY_MAX || query.length <= HEADER_SIZE)
@@ -131,12 +133,27 @@ export function answer(query: Buffer, zone: Zone, transport: Transport): Reply {
   const kept = zone.replies.get(exact);
   if (kept !== undefined) return withId(kept, query);
   const reply = answerParsed(query, zone, transport);
-  // `fields` holds this query's parse: its OPT offset is reset on every parse.
-  if (typeof reply !== 'string' && !hasEdnsOptions(query, fields)) {
+  // `fields` holds this query's parse: its OPT offset and name end are reset on every parse.
+  if (typeof reply !== 'string' && !hasEdnsOptions(query, fields) && !hasUpperCase(query, fields)) {
     if (zone.replies.size >= zone.answerLimit) zone.replies.clear();
     zone.replies.set(exact, zone.kept.keep(reply));
   }
   return reply;
+}
+
+/**
+ * The question name has an upper-case ASCII letter (length bytes never fall in A–Z's range as
+ * labels are at most 63 bytes long). Such queries are not kept by their exact bytes: resolvers that
+ * randomise the case of every query (0x20, e.g. Unbound's use-caps-for-id) would make each one a new
+ * entry, never asked again, that fills the map and clears it for every other client. They take the
+ * parsed path, whose key is case-folded.
+ */
+function hasUpperCase(query: Buffer, q: QueryFields): boolean {
+  for (let i = HEADER_SIZE; i < q.nameEnd; i++) {
+    const b = query[i] ?? 0;
+    if (b >= 0x41 && b <= 0x5a) return true;
+  }
+  return false;
 }
 
 /** The OPT record's RDATA (its options) is not empty; its length is 9 bytes after its root owner. */
