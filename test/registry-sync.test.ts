@@ -262,6 +262,55 @@ test('[test double] the asks of unchanged containers are staggered: each round a
   t.deepEqual(rounds, [2, 2, 2], sequence.join(' '));
 });
 
+test('[test double] a container is asked once in N rounds even while machines before it come and go', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  // x registered last, after ten others: from the first sync, so without a MachineNew rank
+  const others = Array.from({ length: 10 }, (_, i) => `a${i}`);
+  const x = fake.pid;
+  if (x === undefined) return t.fail('FakeMachined has no pid');
+  await fake.seed([
+    ...others.map((n, i) => fakeMachine(n, process.pid, { timestamp: String(i + 1) })),
+    fakeMachine('x', x, { timestamp: '100' }),
+  ]);
+  await fake.setAddresses('x', ['192.0.2.70']);
+  // After each refresh of x, the last one in its round, one machine before it goes away: x moves
+  // up one place in the next round's list as the round number goes up by one.
+  let refreshesOfX = 0;
+  let ended = false;
+  const gone = [...others];
+  const host: HostReader = {
+    ...procHost,
+    networkState: (pid) => {
+      if (pid === x) {
+        refreshesOfX++;
+        const name = gone.shift();
+        // (a round may still run while the test ends and FakeMachined stops: no call then)
+        if (name !== undefined && !ended) void fake.unregister(name);
+      }
+      return 'unchanged';
+    },
+  };
+  const r = registry(fake.busAddress, {
+    host,
+    refreshIntervalMs: 200,
+    settleDelaysMs: [],
+    fullRefreshRounds: 3,
+  });
+  t.teardown(() => r.stop());
+  await r.start();
+  t.deepEqual(addressesOf(r.view, 'x'), ['192.0.2.70']);
+  const synced = refreshesOfX; // the first sync reads the digest too
+  // a change the digest cannot see: only x's turn to be asked finds it
+  await fake.setAddresses('x', ['192.0.2.71']);
+  const rounds = (): number => refreshesOfX - synced;
+  await poll(() => addressesOf(r.view, 'x')?.[0] === '192.0.2.71' || rounds() >= 8, 10_000);
+  t.deepEqual(addressesOf(r.view, 'x'), ['192.0.2.71'], `not asked in ${rounds()} rounds`);
+  t.true(rounds() <= 3, `asked within three rounds (in round ${rounds()})`);
+  ended = true;
+  await r.stop();
+});
+
 test('[test double] only full rounds reconcile with ListMachines, and they repair a lost MachineNew', async (t) => {
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());

@@ -60,8 +60,9 @@ export interface RegistryOptions {
   /**
    * Machined is asked for each container's addresses at least once in this many refresh rounds,
    * even when its network namespace shows no change (HostReader.networkState); 1 asks every round.
-   * The asks are staggered (a container's turn comes in the rounds where its arrival rank plus the
-   * round number is a multiple of this), so each round asks for 1/N of the containers. Otherwise a
+   * The asks are staggered (a container's turn comes in the rounds where its place, fixed when the
+   * rounds first see it, plus the round number is a multiple of this), so each round asks for 1/N
+   * of the containers. Otherwise a
    * container whose namespace digest is unchanged keeps its addresses without a call: one
    * GetMachineAddresses is a fork of machined into the container, and the calls woke machined and
    * dbus-daemon 100 times a second at 1,000 machines (BENCHMARKS.md, bench:dns). Every Nth round
@@ -159,6 +160,13 @@ export class Registry {
   /** Rank of each machine's MachineNew, for its place in registration order. */
   private readonly arrivals = new Map<string, number>();
   private arrivalCount = 0;
+  /**
+   * Each container's place in the staggered asks, fixed when a refresh round first sees it: its
+   * index in a round's list would shift as machines before it come and go, and a container moving
+   * up one place per round as the round number goes up by one would never get its turn.
+   */
+  private readonly turns = new Map<string, number>();
+  private turnCount = 0;
   private resync: ResyncState | undefined;
   /** Counts machine1 signals as they arrive: orders them against the fetches of a resync. */
   private signalSeq = 0;
@@ -403,6 +411,7 @@ export class Registry {
     this.leaderStarts.delete(name);
     this.userNamespaces.delete(name);
     this.netStates.delete(name);
+    this.turns.delete(name);
     for (const topic of ['uid_map', 'gid_map', 'passwd', 'group'])
       this.hostProblems.delete(`${name}\0${topic}`);
   }
@@ -975,11 +984,21 @@ export class Registry {
         await this.refreshPause.until(Math.max(began + i * gap, last + closest));
         if (this.stopped) return;
         last = Date.now();
-        const turn = ((this.arrivals.get(name) ?? i) + round) % full === 0;
+        // (a machine removed since the round began gets no place: it would never be dropped)
+        const turn = this.table.byName(name) !== undefined && (this.turnOf(name) + round) % full === 0;
         await this.refresh(name, accounts, turn ? 'ask' : 'if-changed');
       }
       await this.refreshPause.until(began + Math.max(interval, names.length * gap));
     }
+  }
+
+  private turnOf(name: string): number {
+    let turn = this.turns.get(name);
+    if (turn === undefined) {
+      turn = this.turnCount++;
+      this.turns.set(name, turn);
+    }
+    return turn;
   }
 
   /** Says when a round is stretched beyond the interval by the rate bound, and when it no longer is. */
