@@ -278,6 +278,7 @@ test('[test double] a container is asked once in N rounds even while machines be
   // up one place in the next round's list as the round number goes up by one.
   let refreshesOfX = 0;
   let ended = false;
+  const removals: Promise<void>[] = [];
   const gone = [...others];
   const host: HostReader = {
     ...procHost,
@@ -285,8 +286,12 @@ test('[test double] a container is asked once in N rounds even while machines be
       if (pid === x) {
         refreshesOfX++;
         const name = gone.shift();
-        // (a round may still run while the test ends and FakeMachined stops: no call then)
-        if (name !== undefined && !ended) void fake.unregister(name);
+        // (a round may still run while the test ends: no call then)
+        if (name !== undefined && !ended) {
+          const removal = fake.unregister(name);
+          removal.catch(() => undefined); // judged below; unhandled if the test fails before that
+          removals.push(removal);
+        }
       }
       return 'unchanged';
     },
@@ -309,6 +314,9 @@ test('[test double] a container is asked once in N rounds even while machines be
   t.true(rounds() <= 3, `asked within three rounds (in round ${rounds()})`);
   ended = true;
   await r.stop();
+  // every removal done before FakeMachined stops (teardown), and none failed
+  const failed = (await Promise.allSettled(removals)).filter((p) => p.status === 'rejected');
+  t.deepEqual(failed, []);
 });
 
 test('[test double] only full rounds reconcile with ListMachines, and they repair a lost MachineNew', async (t) => {
