@@ -11,14 +11,19 @@
  * sockets, the UDP one among them, within about `shareMs`.
  *
  * A turn starts with the first request asked about and ends in the check phase of that iteration,
- * where the waiting connections are resumed with a fresh share; those still waiting after it spend
- * the next iteration's. With no datagrams coming the cost is one `performance.now()` per request
+ * where the waiting connections are resumed in order while a fresh share lasts; the others keep
+ * their places for the next iteration's. With no datagrams coming the cost is one `performance.now()` per request
  * and a setImmediate per iteration.
  */
 import { performance } from 'node:perf_hooks';
 
-/** Stream work per event-loop iteration before it yields: 32 datagrams a turn then serve 32,000/s. */
-export const STREAM_SHARE_MS = 1;
+/**
+ * Stream work per event-loop iteration before it yields: 32 datagrams a turn then serve 128,000/s,
+ * and the listening sockets, from which libuv (since 1.45, libuv#3696) accepts one connection a
+ * turn, keep up: with 1 ms, 1,000 Varlink connections opened at once during reliability-load's
+ * burst waited up to 2.2 s to be accepted (docs/reliability.md).
+ */
+export const STREAM_SHARE_MS = 0.25;
 
 export class TurnShare {
   /** performance.now() when the current turn's first request was asked about; -1 between turns. */
@@ -54,10 +59,24 @@ export class TurnShare {
     setImmediate(() => {
       this.resetQueued = false;
       this.turnStarted = -1;
-      const resumed = this.waiting;
+      const waiting = this.waiting;
       this.waiting = [];
-      for (const resume of resumed) resume();
+      // Resumed in order while the new turn's share lasts; the rest keep their places for the next
+      // turn without being called. Calling every one, each only to be sent back (most of them when
+      // thousands wait), cost about as much as the share itself: the loop's turns took twice as
+      // long, and a listening socket, accepted from once a turn, fell behind (docs/reliability.md).
+      let next = 0;
+      while (next < waiting.length && !this.spent()) waiting[next++]?.();
+      if (next < waiting.length) {
+        this.waiting = waiting.slice(next).concat(this.waiting);
+        this.queueReset();
+      }
     });
+  }
+
+  /** The current turn has started and used up its share. */
+  private spent(): boolean {
+    return this.turnStarted >= 0 && performance.now() - this.turnStarted >= this.shareMs;
   }
 }
 

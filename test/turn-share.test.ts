@@ -52,8 +52,40 @@ test('work sent to a later turn runs first come first served, once each, with a 
   t.deepEqual(order, [], 'nothing runs in the turn that deferred it');
   await done;
   t.deepEqual(order, ['a', 'b']);
-  t.deepEqual(allowed, [true, false], 'the first resumed gets the new turn, the next must wait again');
+  t.deepEqual(allowed, [true, true], 'each resumed in a turn of its own, with its share');
   t.is(share.deferrals, 2);
   await new Promise((resolve) => setImmediate(resolve));
   t.deepEqual(order, ['a', 'b'], 'not run again');
+});
+
+test('waiting work the new share cannot cover keeps its place, uncalled, until a later turn', async (t) => {
+  const share = new TurnShare(0);
+  t.true(share.allows());
+  const turns: string[][] = [];
+  let turn: string[] = [];
+  const names = ['a', 'b', 'c'];
+  const done = new Promise<void>((resolve) => {
+    for (const name of names)
+      share.later(() => {
+        turn.push(name);
+        if (!share.allows()) share.later(() => turn.push(`${name} again`)); // never: it had the turn
+        if (name === 'c') resolve();
+      });
+  });
+  // record what each check phase resumed, one turn at a time
+  const watch = (async (): Promise<void> => {
+    for (let i = 0; i < 4; i++) {
+      await new Promise((resolve) => setImmediate(resolve));
+      turns.push(turn);
+      turn = [];
+    }
+  })();
+  await done;
+  await watch;
+  t.deepEqual(
+    turns.filter((x) => x.length > 0),
+    [['a'], ['b'], ['c']],
+    'one a turn with a zero share, in order; none called only to be sent back',
+  );
+  t.is(share.deferrals, 3);
 });
