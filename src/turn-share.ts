@@ -12,8 +12,8 @@
  *
  * A turn starts with the first request asked about and ends in the check phase of that iteration,
  * where the waiting connections are resumed in order while a fresh share lasts; the others keep
- * their places for the next iteration's. With no datagrams coming the cost is one `performance.now()` per request
- * and a setImmediate per iteration.
+ * their places for the next iteration's. With no datagrams coming the cost is one
+ * `performance.now()` per request and a setImmediate per iteration.
  */
 import { performance } from 'node:perf_hooks';
 

@@ -62,8 +62,8 @@ export interface RegistryOptions {
    * even when its network namespace shows no change (HostReader.networkState); 1 asks every round.
    * The asks are staggered (a container's turn comes in the rounds where its place, fixed when the
    * rounds first see it, plus the round number is a multiple of this), so each round asks for 1/N
-   * of the containers. Otherwise a
-   * container whose namespace digest is unchanged keeps its addresses without a call: one
+   * of the containers. Otherwise a container whose namespace digest is unchanged keeps its
+   * addresses without a call: one
    * GetMachineAddresses is a fork of machined into the container, and the calls woke machined and
    * dbus-daemon 100 times a second at 1,000 machines (BENCHMARKS.md, bench:dns). Every Nth round
    * also reconciles the view with ListMachines (lost signals are repaired within N rounds).

@@ -22,6 +22,7 @@ import {
   Flag,
   HEADER_SIZE,
   isMetaQueryType,
+  lowerByte,
   optSize,
   QueryFields,
   questionInDomain,
@@ -151,7 +152,7 @@ export function answer(query: Buffer, zone: Zone, transport: Transport): Reply {
 function hasUpperCase(query: Buffer, q: QueryFields): boolean {
   for (let i = HEADER_SIZE; i < q.nameEnd; i++) {
     const b = query[i] ?? 0;
-    if (b >= 0x41 && b <= 0x5a) return true;
+    if (lowerByte(b) !== b) return true;
   }
   return false;
 }
