@@ -332,6 +332,7 @@ test('[test double] only full rounds reconcile with ListMachines, and they repai
   watch.onSignal((s) => {
     if (s.member === 'Received' && s.body[0] === 'ListMachines') listings.push(performance.now());
   });
+  await fake.watch('ListMachines');
   const r = registry(fake.busAddress, { refreshIntervalMs: 100, settleDelaysMs: [], fullRefreshRounds: 4 });
   t.teardown(() => r.stop());
   await r.start();

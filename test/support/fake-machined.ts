@@ -67,6 +67,12 @@ export class FakeMachined {
   private stallMs = 0;
   private readonly stallByMember = new Map<string, number>();
   private hang = false;
+  /**
+   * Members whose calls are announced with the test signal `Received` (asked for by `Watch`, which
+   * `FakeMachinedHandle.received` calls). Only those: a signal for every call doubled the double's
+   * and dbus-daemon's work, and bench:scale's bare fetch and first sync measured it (2026-12-04).
+   */
+  private readonly watched = new Set<string>();
 
   constructor(
     private readonly bus: MessageBus,
@@ -100,7 +106,8 @@ export class FakeMachined {
     // between (e.g. register a machine while a ListMachines answer without it is on its way).
     const stall = msg.interface === TEST ? 0 : (this.stallByMember.get(msg.member) ?? this.stallMs);
     // tests wait on this instead of sleeping until a call "must" have arrived
-    if (msg.interface !== TEST) this.bus.send(Message.newSignal(PATH, TEST, 'Received', 's', [msg.member]));
+    if (msg.interface !== TEST && this.watched.has(msg.member))
+      this.bus.send(Message.newSignal(PATH, TEST, 'Received', 's', [msg.member]));
     try {
       const [signature, body] = this.handle(msg);
       if (stall > 0) await new Promise((r) => setTimeout(r, stall));
@@ -225,6 +232,9 @@ export class FakeMachined {
         return ['', []];
       case 'SetStallMethod':
         this.stallByMember.set(String(body[0]), Number(body[1]));
+        return ['', []];
+      case 'Watch':
+        this.watched.add(String(body[0]));
         return ['', []];
       case 'SetHang':
         this.hang = Boolean(body[0]);

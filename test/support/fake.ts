@@ -103,6 +103,14 @@ export class FakeMachinedHandle {
     });
   }
 
+  /**
+   * From now on the double announces each call to `member` with the signal `Received` on the test
+   * interface. Only members asked for: a signal for every call doubled its bus traffic.
+   */
+  async watch(member: string): Promise<void> {
+    await this.test('Watch', 's', [member]);
+  }
+
   /** Resolves when the double receives a call to `member` (subscribe before causing the call). */
   async received(member: string, timeoutMs = 10_000): Promise<{ arrived: Promise<void> }> {
     const conn = await BusConnection.open(this.bus.address);
@@ -119,6 +127,7 @@ export class FakeMachinedHandle {
         resolve();
       });
     });
+    await this.watch(member);
     return { arrived }; // wrapped: awaiting received() must not wait for the call itself
   }
 
