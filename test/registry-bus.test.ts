@@ -5,6 +5,7 @@
  * errors, deadlines and end behave as dbus-next's path does. The real machined 252 is followed over
  * the same path by test/registry-machined.test.ts and the *-machined-live tests.
  */
+import { Variant } from '@particle/dbus-next';
 import test, { type ExecutionContext } from 'ava';
 import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -272,6 +273,26 @@ test('[test double] a NUL in a string or a malformed object path is refused here
       }),
     );
     t.true(isBusError(argument, 'InvalidArgs'), `${which}: object path argument: ${String(argument)}`);
+    // nested: only dbus-next takes containers and variants
+    for (const [signature, body] of [
+      ['ao', [['/fine', '/not/a/path/']]],
+      ['a{sv}', [{ Path: new Variant('o', '/not/a/path/') }]],
+    ] as const) {
+      const nested = await t.throwsAsync(
+        conn.call({
+          destination: DBUS_NAME,
+          path: '/org/freedesktop/DBus',
+          interface: DBUS_NAME,
+          member: 'GetConnectionUnixUser',
+          signature,
+          body: [...body],
+        }),
+      );
+      t.true(
+        isBusError(nested, 'InvalidArgs'),
+        `${which}: nested object path (${signature}): ${String(nested)}`,
+      );
+    }
     t.false(conn.closed, `${which}: still connected`);
     t.is(await m1.getMachine('alpha'), '/org/freedesktop/machine1/machine/alpha', which);
   }

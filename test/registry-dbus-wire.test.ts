@@ -13,6 +13,7 @@ import {
   MessageReader,
   NO_REPLY_EXPECTED,
   WireError,
+  badObjectPathArgument,
   canEncode,
   decodeBody,
   encodeCall,
@@ -280,6 +281,47 @@ test('canEncode refuses what the bus would disconnect us for: a NUL in a string,
   t.false(canEncode('s', ['a\0b']));
   t.false(canEncode('ss', ['fine', '\0']));
   t.true(canEncode('s', ['ünï\u{1f600}']));
+});
+
+test('badObjectPathArgument finds a malformed object path wherever it sits, in the form dbus-next takes', (t) => {
+  const bad = '/not/a/path/';
+  const cases: [signature: string, body: unknown[]][] = [
+    ['o', [bad]],
+    ['so', ['x', bad]],
+    ['ao', [['/fine', bad]]],
+    ['(so)', [['x', bad]]],
+    [
+      'a(sao)',
+      [
+        [
+          ['x', ['/fine']],
+          ['y', ['/', bad]],
+        ],
+      ],
+    ],
+    ['a{os}', [{ '/fine': 'x', [bad]: 'y' }]],
+    ['a{so}', [{ x: '/fine', y: bad }]],
+    ['v', [new Variant('o', bad)]],
+    ['a{sv}', [{ Leader: new Variant('u', 1), Path: new Variant('o', bad) }]],
+    ['v', [new Variant('v', new Variant('ao', ['/fine', bad]))]],
+    ['(iv)', [[1, new Variant('(so)', ['x', bad])]]],
+  ];
+  for (const [signature, body] of cases) t.is(badObjectPathArgument(signature, body), bad, signature);
+  const fine: [signature: string, body: unknown[]][] = [
+    ['o', ['/']],
+    ['ao', [['/a', '/a/b_c']]],
+    ['a{os}', [{ '/a': 'x' }]],
+    ['a{sv}', [{ Name: new Variant('s', '/not/a/path/'), Path: new Variant('o', '/a') }]],
+    ['as', [['/not/a/path/']]],
+    ['(so)', [['/not/a/path/', '/a']]],
+    ['v', [new Variant('s', '/not/a/path/')]],
+  ];
+  for (const [signature, body] of fine) t.is(badObjectPathArgument(signature, body), undefined, signature);
+  // a body of the wrong shape is dbus-next's to refuse: no throw here
+  t.is(badObjectPathArgument('ao', ['/a']), undefined);
+  t.is(badObjectPathArgument('a{os}', [['/a']]), undefined);
+  t.is(badObjectPathArgument('v', ['/a']), undefined);
+  t.is(badObjectPathArgument('a(', [[]]), undefined, 'a malformed signature');
 });
 
 /**

@@ -82,12 +82,15 @@ export function canEncode(signature: string, body: readonly unknown[]): boolean 
 }
 
 /**
- * A top-level object-path argument of `body` that is not one, if any. dbus-next does not check
- * them (a TODO in its marshaller) and sends them for the bus to disconnect it, so they are refused
- * before either path. Object paths nested in arrays, structs or variants are not looked at.
+ * An object path in `body` that is not one, wherever it sits: an argument, an element of an array, a
+ * struct member, a dict key or value, or the value of a variant. `body` is in dbus-next's form
+ * (arrays and structs as arrays, dicts as plain objects, variants as `{ signature, value }`).
+ * dbus-next does not check object paths (a TODO in its marshaller) and sends them for the bus to
+ * disconnect it, ending every call of the connection, so they are refused before either path. What
+ * does not have the shape its signature asks for is left to dbus-next, which refuses it itself.
  */
 export function badObjectPathArgument(signature: string, body: readonly unknown[]): string | undefined {
-  if (!signature.includes('o')) return undefined;
+  if (!signature.includes('o') && !signature.includes('v')) return undefined;
   let types: readonly TypeNode[];
   try {
     types = parseSignature(signature);
@@ -96,10 +99,69 @@ export function badObjectPathArgument(signature: string, body: readonly unknown[
     throw err;
   }
   for (let i = 0; i < types.length; i++) {
-    const v = body[i];
-    if (types[i]?.code === 'o' && typeof v === 'string' && !OBJECT_PATH.test(v)) return v;
+    const type = types[i];
+    const bad = type ? badObjectPathIn(type, body[i], 0) : undefined;
+    if (bad !== undefined) return bad;
   }
   return undefined;
+}
+
+/** Variants within variants deeper than this are left to dbus-next (and the bus's own limit of 64). */
+const VARIANT_DEPTH_MAX = 64;
+
+function badObjectPathIn(type: TypeNode, value: unknown, variants: number): string | undefined {
+  if (!type.text.includes('o') && !type.text.includes('v')) return undefined;
+  switch (type.code) {
+    case 'o':
+      return typeof value === 'string' && !OBJECT_PATH.test(value) ? value : undefined;
+    case 'a': {
+      const element = type.children[0];
+      if (!element) return undefined;
+      if (element.code === '{') {
+        const [key, item] = element.children;
+        if (!key || !item || typeof value !== 'object' || value === null || Array.isArray(value))
+          return undefined;
+        for (const [k, v] of Object.entries(value)) {
+          if (key.code === 'o' && !OBJECT_PATH.test(k)) return k;
+          const bad = badObjectPathIn(item, v, variants);
+          if (bad !== undefined) return bad;
+        }
+        return undefined;
+      }
+      if (!Array.isArray(value)) return undefined;
+      for (const v of value as readonly unknown[]) {
+        const bad = badObjectPathIn(element, v, variants);
+        if (bad !== undefined) return bad;
+      }
+      return undefined;
+    }
+    case '(': {
+      if (!Array.isArray(value)) return undefined;
+      const members = value as readonly unknown[];
+      for (let i = 0; i < type.children.length; i++) {
+        const member = type.children[i];
+        const bad = member ? badObjectPathIn(member, members[i], variants) : undefined;
+        if (bad !== undefined) return bad;
+      }
+      return undefined;
+    }
+    case 'v': {
+      if (variants >= VARIANT_DEPTH_MAX || typeof value !== 'object' || value === null) return undefined;
+      const { signature, value: inner } = value as { signature?: unknown; value?: unknown };
+      if (typeof signature !== 'string') return undefined;
+      let inside: readonly TypeNode[];
+      try {
+        inside = parseSignature(signature);
+      } catch (err) {
+        if (err instanceof WireError) return undefined;
+        throw err;
+      }
+      const only = inside.length === 1 ? inside[0] : undefined;
+      return only ? badObjectPathIn(only, inner, variants + 1) : undefined;
+    }
+    default:
+      return undefined;
+  }
 }
 
 export interface CallHeader {
