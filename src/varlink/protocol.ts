@@ -33,8 +33,29 @@ export interface VarlinkErrorReply {
   readonly parameters: ReplyParameters;
 }
 
+/**
+ * Reply parameters serialized already: the UTF-8 bytes of one JSON object, in pieces that are sent
+ * one after the other as they are. For a reply too long to serialize, or even to turn into one
+ * string and encode, without holding up everything else: the control socket's List of 10,000
+ * machines is about 6 MB, built a slice per event-loop turn (one string of it took 16 ms to join
+ * and 35 ms to encode on the project's VM).
+ */
+export class EncodedParameters {
+  constructor(readonly parts: readonly Buffer[]) {}
+
+  /** The JSON text (tests, and `encodeReply`: the server itself writes the parts). */
+  text(): string {
+    return Buffer.concat(this.parts).toString('utf8');
+  }
+}
+
+/** The pieces of a reply whose parameters are encoded already, NUL included, to be written in order. */
+export function encodedReplyParts(parameters: EncodedParameters, continues: boolean): (string | Buffer)[] {
+  return ['{"parameters":', ...parameters.parts, continues ? `${CONTINUES}\0` : '}\0'];
+}
+
 export interface VarlinkSuccessReply {
-  readonly parameters: ReplyParameters;
+  readonly parameters: ReplyParameters | EncodedParameters;
 }
 
 export type VarlinkReply = VarlinkSuccessReply | VarlinkErrorReply;
@@ -47,7 +68,10 @@ const CONTINUES = ',"continues":true}';
 
 /** One reply as sent on the wire (without the NUL), in systemd 252's key order. */
 export function encodeReply(reply: VarlinkReply, continues: boolean): string {
-  const parameters = JSON.stringify(reply.parameters);
+  const parameters =
+    reply.parameters instanceof EncodedParameters
+      ? reply.parameters.text()
+      : JSON.stringify(reply.parameters);
   if (isErrorReply(reply)) return `{"error":${JSON.stringify(reply.error)},"parameters":${parameters}}`;
   return continues ? `{"parameters":${parameters}${CONTINUES}` : `{"parameters":${parameters}}`;
 }

@@ -36,7 +36,10 @@ import {
 import { orgVarlinkService, type ServiceInfo } from './introspection.js';
 import { readJson } from './json.js';
 import {
+  EncodedParameters,
   encodeReply,
+  encodedReplyParts,
+  isErrorReply,
   parseCall,
   VarlinkErrors,
   type ReplyParameters,
@@ -554,7 +557,19 @@ class Connection {
   }
 
   private send(reply: VarlinkReply): void {
-    this.write(encodeReply(reply, false));
+    if (!isErrorReply(reply) && reply.parameters instanceof EncodedParameters)
+      this.writeParts(encodedReplyParts(reply.parameters, false));
+    else this.write(encodeReply(reply, false));
+  }
+
+  /** A long reply in its pieces: no one string of it is made (or encoded) at once. */
+  private writeParts(parts: readonly (string | Buffer)[]): void {
+    if (this.state === 'closed' || !this.socket.writable) return;
+    this.socket.cork();
+    for (const part of parts) this.socket.write(part);
+    this.socket.uncork();
+    if (this.socket.writableLength > this.host.maxOutputBytes)
+      this.destroy(`peer does not read: more than ${this.host.maxOutputBytes} bytes of output queued`);
   }
 
   private write(text: string): void {

@@ -1,0 +1,133 @@
+/**
+ * The control interface's List (src/daemon/control-service.ts) on its own: thousands of machines are
+ * serialized a slice per event-loop turn, and the reply is the same JSON as one JSON.stringify.
+ * The whole path through the daemon and `mymachinesd list --json`: test/daemon-cli.test.ts.
+ */
+import test from 'ava';
+import { setImmediate } from 'node:timers/promises';
+import { CONTROL_INTERFACE, LIST_SLICE, controlInterface } from '../src/daemon/control-service.js';
+import { controlMachine } from '../src/daemon/control.js';
+import type { RegistryStatus } from '../src/registry-client/sync.js';
+import { MachineTable } from '../src/registry-client/registry.js';
+import type { MachineRecord } from '../src/registry-client/view.js';
+import { isStream, type MethodResult } from '../src/varlink/interface.js';
+import {
+  EncodedParameters,
+  encodeReply,
+  encodedReplyParts,
+  type VarlinkReply,
+} from '../src/varlink/protocol.js';
+import { machineRecord } from './support/records.js';
+
+const STATUS: RegistryStatus = {
+  busConnected: true,
+  machinedOwner: ':1.7',
+  lastSyncAt: 1,
+  lastSyncMs: 2,
+  machines: 0,
+  lastError: undefined,
+  refreshRoundMs: 10_000,
+  addressCalls: 3,
+  addressesKept: 4,
+};
+
+const problem = (m: MachineRecord): string | undefined => (m.name.endsWith('7') ? 'no maps' : undefined);
+
+function table(n: number): MachineTable {
+  const t = new MachineTable();
+  t.upsert(machineRecord({ name: '.host', class: 'host' }));
+  for (let i = 1; i <= n; i++)
+    t.upsert(
+      machineRecord({
+        name: `m${i}`,
+        netif: [i + 10],
+        addresses: [`10.0.${i >> 8}.${i & 255}`, `fd42::${i.toString(16)}`, 'fe80::1'],
+        uidMap: [{ inner: 0, outer: 65536 * (i + 1), count: 65536 }],
+      }),
+    );
+  return t;
+}
+
+/** Calls List and counts the event-loop turns that pass before its reply is there. */
+async function callList(view: MachineTable): Promise<{ reply: VarlinkReply; turns: number }> {
+  const iface = controlInterface({ view, status: () => STATUS, domain: 'machine', userdbProblem: problem });
+  const listMethod = iface.methods[`${CONTROL_INTERFACE}.List`];
+  if (!listMethod) throw new Error('no List');
+  const invocation = listMethod.invoke([], {}, { method: `${CONTROL_INTERFACE}.List`, more: false });
+  if (invocation.kind !== 'result') throw new Error(invocation.kind);
+  let result: MethodResult | undefined;
+  let turns = 0;
+  void Promise.resolve(invocation.result).then((r) => (result = r));
+  await Promise.resolve(); // a reply that is there at once
+  while (result === undefined) {
+    await setImmediate();
+    turns++;
+  }
+  if (isStream(result)) throw new Error('a stream');
+  return { reply: result, turns };
+}
+
+test('List of thousands of machines is serialized a slice per event-loop turn, not in one go', async (t) => {
+  const n = 2_000;
+  const { turns } = await callList(table(n));
+  // one turn between two slices: the event loop (DNS, userdb) runs in between
+  t.true(turns >= n / LIST_SLICE - 1, `${turns} turns for ${n} machines`);
+  // a few machines: no turn given away
+  t.is((await callList(table(LIST_SLICE))).turns, 0);
+});
+
+test('List gives the same JSON as serializing every machine and the status at once, hosts left out', async (t) => {
+  for (const n of [0, 1, LIST_SLICE, LIST_SLICE + 1, 3 * LIST_SLICE + 7]) {
+    const view = table(n);
+    const { reply } = await callList(view);
+    t.true(reply.parameters instanceof EncodedParameters, String(n));
+    const expected = {
+      machines: view
+        .all()
+        .filter((m) => m.class !== 'host')
+        .map((m) => controlMachine(m, problem)),
+      status: { ...STATUS, machinedOwner: ':1.7', lastError: null },
+    };
+    t.is(encodeReply(reply, false), JSON.stringify({ parameters: expected }), `${n} machines`);
+  }
+});
+
+test('List answers with the machines as they were when it was called, whatever changes while it is built', async (t) => {
+  const view = table(5 * LIST_SLICE);
+  const iface = controlInterface({ view, status: () => STATUS, domain: 'machine', userdbProblem: problem });
+  const invocation = iface.methods[`${CONTROL_INTERFACE}.List`]?.invoke(
+    [],
+    {},
+    { method: `${CONTROL_INTERFACE}.List`, more: false },
+  );
+  if (invocation?.kind !== 'result') throw new Error('no result');
+  // while the first slices are serialized: the last machine goes, another changes, a new one comes
+  await setImmediate();
+  view.remove(`m${5 * LIST_SLICE}`);
+  view.upsert(machineRecord({ name: 'm3', addresses: ['192.0.2.3'] }));
+  view.upsert(machineRecord({ name: 'late' }));
+  const result = await invocation.result;
+  if (isStream(result) || !(result.parameters instanceof EncodedParameters)) throw new Error('not encoded');
+  const parsed = JSON.parse(result.parameters.text()) as {
+    machines: { name: string; addresses: { address: string }[] }[];
+  };
+  t.is(parsed.machines.length, 5 * LIST_SLICE);
+  t.is(parsed.machines.at(-1)?.name, `m${5 * LIST_SLICE}`);
+  t.false(parsed.machines.some((m) => m.name === 'late'));
+  t.deepEqual(
+    parsed.machines.find((m) => m.name === 'm3')?.addresses.map((a) => a.address),
+    ['10.0.0.3', 'fd42::3', 'fe80::1'],
+  );
+});
+
+test('encoded parameters go out as they are, in their pieces, with and without continues', (t) => {
+  const encoded = new EncodedParameters([Buffer.from('{"a":[1,'), Buffer.from('2],"b":"ü"}')]);
+  t.is(encodeReply({ parameters: encoded }, false), '{"parameters":{"a":[1,2],"b":"ü"}}');
+  t.is(encodeReply({ parameters: encoded }, true), '{"parameters":{"a":[1,2],"b":"ü"},"continues":true}');
+  const wire = (continues: boolean): string =>
+    Buffer.concat(
+      encodedReplyParts(encoded, continues).map((p) => (typeof p === 'string' ? Buffer.from(p) : p)),
+    ).toString();
+  t.is(wire(false), '{"parameters":{"a":[1,2],"b":"ü"}}\0');
+  t.is(wire(true), '{"parameters":{"a":[1,2],"b":"ü"},"continues":true}\0');
+});
