@@ -4,11 +4,13 @@ import { MachineTable } from '../src/registry-client/registry.js';
 import {
   enumerateGroups,
   enumerateUsers,
+  groupRecords,
   isValidGecos,
   isValidUserName,
   lookupGroup,
   lookupUser,
   parseUnixId,
+  userRecords,
   userdbNameProblem,
   type Lookup,
   type UserdbNameProblem,
@@ -334,6 +336,34 @@ test('enumeration lists inner 0 and the inner accounts of each container, in reg
   t.deepEqual(
     enumerateGroups(table, SERVICE).map((r) => r.groupName),
     ['vg-web-0', 'vg-db-0', 'vg-small-0'],
+  );
+});
+
+test('the enumeration streams are lazy: a record is looked up when it is asked for, among the machines of the call', (t) => {
+  const table = new MachineTable();
+  const range = (outer: number): { inner: number; outer: number; count: number }[] => [
+    { inner: 0, outer, count: 65536 },
+  ];
+  for (const [i, name] of ['one', 'two', 'three'].entries())
+    table.upsert(
+      machineRecord({ name, uidMap: range(100000 * (i + 1)), innerUsers: [{ name: 'u', id: 1000 }] }),
+    );
+  t.deepEqual(
+    [...userRecords(table, SERVICE)].map((r) => r.userName),
+    enumerateUsers(table, SERVICE).map((r) => r.userName),
+  );
+  t.deepEqual(
+    [...groupRecords(table, SERVICE)].map((r) => r.groupName),
+    enumerateGroups(table, SERVICE).map((r) => r.groupName),
+  );
+  const users = userRecords(table, SERVICE);
+  t.is(users.next().value?.userName, 'vu-one-0');
+  // removed after the stream began: its records are gone; one registered after it is not listed
+  table.remove('two');
+  table.upsert(machineRecord({ name: 'four', uidMap: range(400000) }));
+  t.deepEqual(
+    [...users].map((r) => r.userName),
+    ['vu-one-1000', 'vu-three-0', 'vu-three-1000'],
   );
 });
 

@@ -152,6 +152,41 @@ test('a more call streams with continues on all but the last reply', async (t) =
   peer.close();
 });
 
+test('a long stream takes the turn share: with a zero share it sends about two replies a turn, and another client is answered in between', async (t) => {
+  const share = new TurnShare(0);
+  const { path } = await exampleServer(t, { share });
+  const streaming = await RawPeer.connect(path);
+  const n = 200;
+  streaming.send(call('org.example.test.Count', { n }, ',"more":true'));
+  // another client's call, sent once the stream has begun: answered before the stream ends
+  const first = await streaming.next();
+  t.is(first, '{"parameters":{"i":0},"continues":true}');
+  const other = await RawPeer.connect(path);
+  other.send(call('org.example.test.Echo', { text: 'between' }));
+  const echoed = other.next();
+  const rest: string[] = [];
+  let echoedAfter: number | undefined;
+  void echoed.then(() => (echoedAfter = rest.length));
+  for (let i = 1; i < n; i++) rest.push(await streaming.next());
+  t.is(await echoed, '{"parameters":{"text":"between"}}');
+  t.true(
+    echoedAfter !== undefined && echoedAfter < n - 10,
+    `echo after ${String(echoedAfter)} of ${n} replies`,
+  );
+  t.deepEqual(
+    rest,
+    Array.from({ length: n - 1 }, (_, k) =>
+      JSON.stringify(
+        k + 1 < n - 1 ? { parameters: { i: k + 1 }, continues: true } : { parameters: { i: k + 1 } },
+      ),
+    ),
+  );
+  // a turn's first request is always allowed: the resumed stream's reply and one more
+  t.true(share.deferrals >= n / 2 - 5, `${share.deferrals} replies waited for a later turn`);
+  streaming.close();
+  other.close();
+});
+
 test('continues is never sent to a call without more', async (t) => {
   const { path } = await exampleServer(t);
   const peer = await RawPeer.connect(path);

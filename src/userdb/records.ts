@@ -236,20 +236,31 @@ function gecos(text: string): string | undefined {
  * so identity-mapped containers (no user namespace) and names machined cannot form list nothing.
  */
 export function enumerateUsers(view: RegistryView, service: string): UserRecord[] {
-  return enumerate(USER, view, service, (r) => r.userName);
+  return [...userRecords(view, service)];
 }
 
 export function enumerateGroups(view: RegistryView, service: string): GroupRecord[] {
+  return [...groupRecords(view, service)];
+}
+
+/**
+ * enumerateUsers one record at a time, for a stream: the machines are those of the call (the view's
+ * list then), each record is looked up when it is asked for.
+ */
+export function userRecords(view: RegistryView, service: string): Generator<UserRecord, void, undefined> {
+  return enumerate(USER, view, service, (r) => r.userName);
+}
+
+export function groupRecords(view: RegistryView, service: string): Generator<GroupRecord, void, undefined> {
   return enumerate(GROUP, view, service, (r) => r.groupName);
 }
 
-function enumerate<R>(
+function* enumerate<R>(
   rules: KindRules<R>,
   view: RegistryView,
   service: string,
   nameOf: (r: R) => string,
-): R[] {
-  const records: R[] = [];
+): Generator<R, void, undefined> {
   for (const machine of view.all()) {
     const map = rules.map(machine);
     if (machine.class !== 'container' || !machine.leaderAlive || map === undefined) continue;
@@ -258,10 +269,9 @@ function enumerate<R>(
       if (translated.kind !== 'mapped') continue;
       const found = byId(rules, view, translated.host, service);
       if (found.kind === 'found' && nameOf(found.record) === `${rules.prefix}${machine.name}-${inner}`)
-        records.push(found.record);
+        yield found.record;
     }
   }
-  return records;
 }
 
 function innerIds(accounts: readonly InnerAccount[] | undefined): number[] {

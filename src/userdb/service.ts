@@ -12,8 +12,8 @@ import { method, type MethodResult, type VarlinkInterface } from '../varlink/int
 import { parameters, type ParameterProblem } from '../varlink/parameters.js';
 import type { VarlinkErrorReply, VarlinkReply } from '../varlink/protocol.js';
 import {
-  enumerateGroups,
-  enumerateUsers,
+  groupRecords,
+  userRecords,
   Errno,
   lookupGroup,
   lookupUser,
@@ -181,9 +181,14 @@ function lookupReply<R>(outcome: Lookup<R>): VarlinkReply {
 }
 
 /** Beyond machined: with `more`, stream every record; without it, machined's refusal (§2.4). */
-function enumeration(more: boolean, list: () => readonly object[]): MethodResult {
+function enumeration(more: boolean, records: () => Iterable<object>): MethodResult {
   if (!more) return NO_ENUMERATION;
-  return { stream: list().map((record) => ({ record })), whenEmpty: NO_RECORD };
+  return { stream: replies(records()), whenEmpty: NO_RECORD };
+}
+
+/** One reply per record, made when the stream asks for it (not all of them before the first is sent). */
+function* replies(records: Iterable<object>): Generator<{ record: object }, void, undefined> {
+  for (const record of records) yield { record };
 }
 
 /**
@@ -202,13 +207,13 @@ export function userDatabaseInterfaces(
       'io.systemd.UserDatabase.GetUserRecord': method(userParameters, (p, call) => {
         if (p.service !== service) return BAD_SERVICE;
         if (p.uid === undefined && p.userName === undefined)
-          return enumeration(call.more, () => enumerateUsers(view, service));
+          return enumeration(call.more, () => userRecords(view, service));
         return lookupReply(lookupUser(view, { id: p.uid, name: p.userName }, service));
       }),
       'io.systemd.UserDatabase.GetGroupRecord': method(groupParameters, (p, call) => {
         if (p.service !== service) return BAD_SERVICE;
         if (p.gid === undefined && p.groupName === undefined)
-          return enumeration(call.more, () => enumerateGroups(view, service));
+          return enumeration(call.more, () => groupRecords(view, service));
         return lookupReply(lookupGroup(view, { id: p.gid, name: p.groupName }, service));
       }),
       // Containers' users have no supplementary groups: always NoRecordFound after the checks.
