@@ -79,8 +79,11 @@ export interface Zone {
   readonly domainLabels: number;
   /** SOA serial: the view generation, so it moves whenever the zone's content may have. */
   readonly serial: number;
+  /** Shared with the compiler, which updates it in place for the next zone (see ZoneCompiler). */
   readonly nodes: ReadonlyMap<string, ZoneNode>;
+  /** Sorted by key. */
   readonly collisions: readonly Collision[];
+  /** Sorted by name. */
   readonly skipped: readonly SkippedMachine[];
   /**
    * Encoded answers of this zone by question (see `answer.ts`). Belongs to the zone, so a view change
@@ -128,17 +131,47 @@ interface PreparedMachine {
   readonly reverseKeys: readonly string[];
 }
 
+/** A served machine in a node's list, with the record it came from (its place in the view). */
+interface Entry {
+  readonly record: MachineRecord;
+  readonly served: ServedMachine;
+}
+
+/** What a compiler keeps between zones, updated in place by the machines that came and went. */
+interface CompiledState {
+  /** The view's list the zone was compiled from, and each record's index in it. */
+  records: readonly MachineRecord[];
+  position: ReadonlyMap<MachineRecord, number>;
+  readonly nodes: Map<string, ZoneNode>;
+  /** Machine names (in the domain, and bare) → their machines in view order. */
+  readonly names: Map<string, { readonly inDomain: boolean; readonly entries: Entry[] }>;
+  /** Reverse names → their machines in view order. */
+  readonly reverses: Map<string, Entry[]>;
+  /** Names between the apex and dotted machine names → how many such machine names are below. */
+  readonly ancestors: Map<string, number>;
+  /** Machine names in the domain with machines whose names differ only in case. */
+  readonly collisions: Set<string>;
+  readonly skipped: Map<MachineRecord, SkippedMachine>;
+}
+
 /**
- * Compiles zones for one policy. Every view change makes a new zone; preparing each machine (names,
- * RDATA, reverse names) is the bulk of that work, so it is kept per record in a WeakMap and only
- * machines that changed are prepared again. A zone of 10,000 machines took 119 ms to compile from
- * scratch, and each registration paid it with the event loop blocked (BENCHMARKS.md, bench:scale).
+ * Compiles zones for one policy. Every view change makes a new zone. Preparing each machine (names,
+ * RDATA, reverse names) is kept per record in a WeakMap, and the zone's names are updated in place
+ * by the machines that came and went, so a change costs what it changes plus a pass over the view's
+ * list: at 10,000 machines (40,000 names) building every name again after each registration held
+ * the event loop for 45–200 ms (BENCHMARKS.md, bench:micro). The view's order decides the order of
+ * machines under a shared name (collisions, reverse names); when it changed for machines that stayed
+ * (a resync), or when many machines changed, the names are built from scratch.
+ *
+ * A zone's `nodes` map is the compiler's own and is updated in place by the next `compile`: a zone
+ * is meant to be used until the next one is compiled (the DNS server keeps only the current one).
  */
 export class ZoneCompiler {
   private readonly domainWire: Buffer;
   private readonly domainLabels: number;
   private readonly apexKey: string;
   private readonly prepared = new WeakMap<MachineRecord, PreparedMachine>();
+  private state: CompiledState | undefined;
 
   constructor(readonly policy: ZonePolicy) {
     const domainWire = encodeName(policy.domain);
@@ -149,72 +182,166 @@ export class ZoneCompiler {
   }
 
   compile(view: RegistryView): Zone {
-    const machineNodes = new Map<string, { inDomain: boolean; machines: ServedMachine[] }>();
-    const reverseNodes = new Map<string, ServedMachine[]>();
-    const skipped: SkippedMachine[] = [];
-
-    for (const record of view.all()) {
-      // The `.host` pseudo machine is the host itself, never a name we serve (nss-mymachines refuses it too).
-      if (record.class === 'host') continue;
-      let p = this.prepared.get(record);
-      if (p === undefined) {
-        p = this.prepare(record);
-        this.prepared.set(record, p);
-      }
-      const served = p.served;
-      if (served === undefined) {
-        skipped.push({ name: record.name, reason: p.skipped ?? 'name-not-encodable' });
-        continue;
-      }
-      addTo(machineNodes, p.fqdnKey, true, served);
-      if (p.bareKey !== undefined) addTo(machineNodes, p.bareKey, false, served);
-      for (const key of p.reverseKeys) {
-        const list = reverseNodes.get(key);
-        if (!list) reverseNodes.set(key, [served]);
-        else if (!list.includes(served)) list.push(served);
-      }
+    const records = view.all();
+    const position = new Map<MachineRecord, number>();
+    for (let i = 0; i < records.length; i++) {
+      const record = records[i];
+      if (record) position.set(record, i);
     }
+    const touched = new Set<string>();
+    let state = this.state;
+    const changed = state ? changes(state, records, position) : undefined;
+    if (state && changed && changed.added.length + changed.removed.length <= rebuildAbove(records.length)) {
+      for (const record of changed.removed) this.unplace(state, record, touched);
+      for (const record of changed.added) this.place(state, record, position, touched);
+    } else {
+      state = this.fresh();
+      for (const record of records) this.place(state, record, position, touched);
+    }
+    state.records = records;
+    state.position = position;
+    for (const key of touched) this.settle(state, key);
+    this.state = state;
 
-    const apexKey = this.apexKey;
-    const nodes = new Map<string, ZoneNode>();
-    nodes.set(apexKey, APEX);
     const collisions: Collision[] = [];
-    for (const [key, node] of machineNodes) {
-      nodes.set(key, { kind: 'machine', inDomain: node.inDomain, machines: node.machines });
-      if (node.inDomain && node.machines.length > 1) {
-        collisions.push({
-          key: nameText(Buffer.from(key, 'latin1')).slice(0, -1),
-          names: node.machines.map((m) => m.name),
-        });
-      }
+    for (const key of state.collisions) {
+      collisions.push({
+        key: nameText(Buffer.from(key, 'latin1')).slice(0, -1),
+        names: (state.names.get(key)?.entries ?? []).map((e) => e.served.name),
+      });
     }
-    for (const [key, machines] of reverseNodes) nodes.set(key, { kind: 'reverse', machines });
-    // Empty non-terminals between dotted machine names and the apex.
-    for (const [key, node] of machineNodes) {
-      if (!node.inDomain || node.machines[0]?.labelCount === 1) continue;
-      let ancestor = Buffer.from(key, 'latin1');
-      for (;;) {
-        ancestor = ancestor.subarray((ancestor[0] ?? 0) + 1);
-        const ancestorKey = ancestor.toString('latin1');
-        if (ancestorKey === apexKey || nodes.has(ancestorKey)) break;
-        nodes.set(ancestorKey, EMPTY);
-      }
-    }
-
+    collisions.sort((x, y) => compareText(x.key, y.key));
+    const skipped = [...state.skipped.values()].sort((x, y) => compareText(x.name, y.name));
     return {
       generation: view.generation,
       policy: this.policy,
-      domainWire: Buffer.from(apexKey, 'latin1'),
+      domainWire: Buffer.from(this.apexKey, 'latin1'),
       domainLabels: this.domainLabels,
       serial: view.generation >>> 0,
-      nodes,
+      nodes: state.nodes,
       collisions,
       skipped,
       answers: new Map(),
       replies: new Map(),
-      answerLimit: answerCacheLimit(nodes.size),
+      answerLimit: answerCacheLimit(state.nodes.size),
       kept: new KeptBytes(),
     };
+  }
+
+  private fresh(): CompiledState {
+    return {
+      records: [],
+      position: new Map(),
+      nodes: new Map([[this.apexKey, APEX]]),
+      names: new Map(),
+      reverses: new Map(),
+      ancestors: new Map(),
+      collisions: new Set(),
+      skipped: new Map(),
+    };
+  }
+
+  private preparedFor(record: MachineRecord): PreparedMachine {
+    let p = this.prepared.get(record);
+    if (p === undefined) {
+      p = this.prepare(record);
+      this.prepared.set(record, p);
+    }
+    return p;
+  }
+
+  /** Adds a machine's names; `touched` collects every name whose node must be settled again. */
+  private place(
+    state: CompiledState,
+    record: MachineRecord,
+    position: ReadonlyMap<MachineRecord, number>,
+    touched: Set<string>,
+  ): void {
+    // The `.host` pseudo machine is the host itself, never a name we serve (nss-mymachines refuses it too).
+    if (record.class === 'host') return;
+    const p = this.preparedFor(record);
+    const served = p.served;
+    if (served === undefined) {
+      state.skipped.set(record, { name: record.name, reason: p.skipped ?? 'name-not-encodable' });
+      return;
+    }
+    const entry: Entry = { record, served };
+    const keys = p.bareKey === undefined ? [p.fqdnKey] : [p.fqdnKey, p.bareKey];
+    for (const key of keys) {
+      const inDomain = key === p.fqdnKey;
+      const node = state.names.get(key);
+      if (node) insertInViewOrder(node.entries, entry, position);
+      else {
+        state.names.set(key, { inDomain, entries: [entry] });
+        if (inDomain && served.labelCount > 1) this.countAncestors(state, key, 1, touched);
+      }
+      touched.add(key);
+    }
+    for (const key of p.reverseKeys) {
+      const list = state.reverses.get(key);
+      if (!list) state.reverses.set(key, [entry]);
+      else if (!list.some((e) => e.served === served)) insertInViewOrder(list, entry, position);
+      touched.add(key);
+    }
+  }
+
+  private unplace(state: CompiledState, record: MachineRecord, touched: Set<string>): void {
+    if (record.class === 'host') return;
+    const p = this.preparedFor(record);
+    if (p.served === undefined) {
+      state.skipped.delete(record);
+      return;
+    }
+    const keys = p.bareKey === undefined ? [p.fqdnKey] : [p.fqdnKey, p.bareKey];
+    for (const key of keys) {
+      const node = state.names.get(key);
+      if (!node) continue;
+      removeRecord(node.entries, record);
+      if (node.entries.length === 0) {
+        state.names.delete(key);
+        if (node.inDomain && p.served.labelCount > 1) this.countAncestors(state, key, -1, touched);
+      }
+      touched.add(key);
+    }
+    for (const key of p.reverseKeys) {
+      const list = state.reverses.get(key);
+      if (!list) continue;
+      removeRecord(list, record);
+      if (list.length === 0) state.reverses.delete(key);
+      touched.add(key);
+    }
+  }
+
+  /** Names between a dotted machine name and the apex exist without data (RFC 8020 §2): counted. */
+  private countAncestors(state: CompiledState, key: string, delta: 1 | -1, touched: Set<string>): void {
+    let name = Buffer.from(key, 'latin1');
+    for (;;) {
+      name = name.subarray((name[0] ?? 0) + 1);
+      const ancestor = name.toString('latin1');
+      if (ancestor === this.apexKey || name.length <= 1) return;
+      const count = (state.ancestors.get(ancestor) ?? 0) + delta;
+      if (count > 0) state.ancestors.set(ancestor, count);
+      else state.ancestors.delete(ancestor);
+      touched.add(ancestor);
+    }
+  }
+
+  /** The node a name has now: a reverse name, else a machine name, else the apex, else empty or none. */
+  private settle(state: CompiledState, key: string): void {
+    const name = state.names.get(key);
+    if (name && name.inDomain && name.entries.length > 1) state.collisions.add(key);
+    else state.collisions.delete(key);
+    const reverse = state.reverses.get(key);
+    if (reverse) state.nodes.set(key, { kind: 'reverse', machines: reverse.map((e) => e.served) });
+    else if (name)
+      state.nodes.set(key, {
+        kind: 'machine',
+        inDomain: name.inDomain,
+        machines: name.entries.map((e) => e.served),
+      });
+    else if (key === this.apexKey) state.nodes.set(key, APEX);
+    else if (state.ancestors.has(key)) state.nodes.set(key, EMPTY);
+    else state.nodes.delete(key);
   }
 
   private prepare(record: MachineRecord): PreparedMachine {
@@ -258,15 +385,50 @@ export function compileZone(view: RegistryView, policy: ZonePolicy): Zone {
   return new ZoneCompiler(policy).compile(view);
 }
 
-function addTo(
-  nodes: Map<string, { inDomain: boolean; machines: ServedMachine[] }>,
-  key: string,
-  inDomain: boolean,
-  machine: ServedMachine,
-): void {
-  const node = nodes.get(key);
-  if (node) node.machines.push(machine);
-  else nodes.set(key, { inDomain, machines: [machine] });
+/**
+ * The machines that came and went since the last zone, or undefined when the machines that stayed
+ * are no longer in the same order (then everything is placed again).
+ */
+function changes(
+  state: CompiledState,
+  records: readonly MachineRecord[],
+  position: ReadonlyMap<MachineRecord, number>,
+): { added: MachineRecord[]; removed: MachineRecord[] } | undefined {
+  const removed = state.records.filter((r) => !position.has(r));
+  const added: MachineRecord[] = [];
+  let last = -1;
+  for (const record of records) {
+    const before = state.position.get(record);
+    if (before === undefined) added.push(record);
+    else if (before < last) return undefined;
+    else last = before;
+  }
+  return { added, removed };
+}
+
+/** Beyond this many machines added and removed at once, placing everything again is cheaper. */
+function rebuildAbove(machines: number): number {
+  return Math.max(64, machines >> 3);
+}
+
+/** Inserts `entry` where the view's order puts it (lists are short: one machine, a few at most). */
+function insertInViewOrder(list: Entry[], entry: Entry, position: ReadonlyMap<MachineRecord, number>): void {
+  const at = position.get(entry.record) ?? Number.MAX_SAFE_INTEGER;
+  let i = list.length;
+  for (; i > 0; i--) {
+    const before = list[i - 1];
+    if (!before || (position.get(before.record) ?? 0) <= at) break;
+  }
+  list.splice(i, 0, entry);
+}
+
+function removeRecord(list: Entry[], record: MachineRecord): void {
+  const i = list.findIndex((e) => e.record === record);
+  if (i >= 0) list.splice(i, 1);
+}
+
+function compareText(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 function countLabels(wire: Buffer): number {
