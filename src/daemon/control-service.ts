@@ -90,7 +90,7 @@ export interface ControlDeps {
 /**
  * Machines serialized per event-loop turn by List. At 10,000 machines the reply is about 6 MB of
  * JSON: built, serialized and encoded in one go it held the event loop (DNS and userdb included)
- * for 70–160 ms (BENCHMARKS.md); a slice of 100 takes well under a millisecond.
+ * for 120–131 ms (BENCHMARKS.md); a slice of 100 takes well under a millisecond.
  */
 export const LIST_SLICE = 100;
 

@@ -131,22 +131,19 @@ interface PreparedMachine {
   readonly reverseKeys: readonly string[];
 }
 
-/** A served machine in a node's list, with the record it came from (its place in the view). */
-interface Entry {
-  readonly record: MachineRecord;
-  readonly served: ServedMachine;
-}
-
 /** What a compiler keeps between zones, updated in place by the machines that came and went. */
 interface CompiledState {
   /** The view's list the zone was compiled from, and each record's index in it. */
   records: readonly MachineRecord[];
   position: ReadonlyMap<MachineRecord, number>;
   readonly nodes: Map<string, ZoneNode>;
-  /** Machine names (in the domain, and bare) → their machines in view order. */
-  readonly names: Map<string, { readonly inDomain: boolean; readonly entries: Entry[] }>;
-  /** Reverse names → their machines in view order. */
-  readonly reverses: Map<string, Entry[]>;
+  /**
+   * Machine names (in the domain, and bare) → their machines in view order. The lists are the very
+   * arrays of the zone's nodes, changed in place.
+   */
+  readonly names: Map<string, { readonly inDomain: boolean; readonly machines: ServedMachine[] }>;
+  /** Reverse names → their machines in view order (the arrays of the nodes, too). */
+  readonly reverses: Map<string, ServedMachine[]>;
   /** Names between the apex and dotted machine names → how many such machine names are below. */
   readonly ancestors: Map<string, number>;
   /** Machine names in the domain with machines whose names differ only in case. */
@@ -159,7 +156,7 @@ interface CompiledState {
  * RDATA, reverse names) is kept per record in a WeakMap, and the zone's names are updated in place
  * by the machines that came and went, so a change costs what it changes plus a pass over the view's
  * list: at 10,000 machines (40,000 names) building every name again after each registration held
- * the event loop for 45–200 ms (BENCHMARKS.md, bench:micro). The view's order decides the order of
+ * the event loop for 31–124 ms (BENCHMARKS.md, bench:micro). The view's order decides the order of
  * machines under a shared name (collisions, reverse names); when it changed for machines that stayed
  * (a resync), or when many machines changed, the names are built from scratch.
  *
@@ -171,6 +168,8 @@ export class ZoneCompiler {
   private readonly domainLabels: number;
   private readonly apexKey: string;
   private readonly prepared = new WeakMap<MachineRecord, PreparedMachine>();
+  /** The record each served machine was prepared from: its place in the view orders shared names. */
+  private readonly recordOf = new WeakMap<ServedMachine, MachineRecord>();
   private state: CompiledState | undefined;
 
   constructor(readonly policy: ZonePolicy) {
@@ -188,26 +187,29 @@ export class ZoneCompiler {
       const record = records[i];
       if (record) position.set(record, i);
     }
-    const touched = new Set<string>();
     let state = this.state;
     const changed = state ? changes(state, records, position) : undefined;
     if (state && changed && changed.added.length + changed.removed.length <= rebuildAbove(records.length)) {
+      const touched = new Set<string>();
       for (const record of changed.removed) this.unplace(state, record, touched);
       for (const record of changed.added) this.place(state, record, position, touched);
+      for (const key of touched) this.settle(state, key);
     } else {
       state = this.fresh();
-      for (const record of records) this.place(state, record, position, touched);
+      for (const record of records) this.place(state, record, position, undefined);
+      for (const key of state.names.keys()) this.settle(state, key);
+      for (const key of state.reverses.keys()) this.settle(state, key);
+      for (const key of state.ancestors.keys()) this.settle(state, key);
     }
     state.records = records;
     state.position = position;
-    for (const key of touched) this.settle(state, key);
     this.state = state;
 
     const collisions: Collision[] = [];
     for (const key of state.collisions) {
       collisions.push({
         key: nameText(Buffer.from(key, 'latin1')).slice(0, -1),
-        names: (state.names.get(key)?.entries ?? []).map((e) => e.served.name),
+        names: (state.names.get(key)?.machines ?? []).map((m) => m.name),
       });
     }
     collisions.sort((x, y) => compareText(x.key, y.key));
@@ -246,16 +248,20 @@ export class ZoneCompiler {
     if (p === undefined) {
       p = this.prepare(record);
       this.prepared.set(record, p);
+      if (p.served) this.recordOf.set(p.served, record);
     }
     return p;
   }
 
-  /** Adds a machine's names; `touched` collects every name whose node must be settled again. */
+  /**
+   * Adds a machine's names; `touched` collects every name whose node must be settled again (none when
+   * every name is settled after placing all machines).
+   */
   private place(
     state: CompiledState,
     record: MachineRecord,
     position: ReadonlyMap<MachineRecord, number>,
-    touched: Set<string>,
+    touched: Set<string> | undefined,
   ): void {
     // The `.host` pseudo machine is the host itself, never a name we serve (nss-mymachines refuses it too).
     if (record.class === 'host') return;
@@ -265,30 +271,30 @@ export class ZoneCompiler {
       state.skipped.set(record, { name: record.name, reason: p.skipped ?? 'name-not-encodable' });
       return;
     }
-    const entry: Entry = { record, served };
     const keys = p.bareKey === undefined ? [p.fqdnKey] : [p.fqdnKey, p.bareKey];
     for (const key of keys) {
       const inDomain = key === p.fqdnKey;
       const node = state.names.get(key);
-      if (node) insertInViewOrder(node.entries, entry, position);
+      if (node) this.insertInViewOrder(node.machines, served, position);
       else {
-        state.names.set(key, { inDomain, entries: [entry] });
+        state.names.set(key, { inDomain, machines: [served] });
         if (inDomain && served.labelCount > 1) this.countAncestors(state, key, 1, touched);
       }
-      touched.add(key);
+      touched?.add(key);
     }
     for (const key of p.reverseKeys) {
       const list = state.reverses.get(key);
-      if (!list) state.reverses.set(key, [entry]);
-      else if (!list.some((e) => e.served === served)) insertInViewOrder(list, entry, position);
-      touched.add(key);
+      if (!list) state.reverses.set(key, [served]);
+      else if (!list.includes(served)) this.insertInViewOrder(list, served, position);
+      touched?.add(key);
     }
   }
 
   private unplace(state: CompiledState, record: MachineRecord, touched: Set<string>): void {
     if (record.class === 'host') return;
     const p = this.preparedFor(record);
-    if (p.served === undefined) {
+    const served = p.served;
+    if (served === undefined) {
       state.skipped.delete(record);
       return;
     }
@@ -296,24 +302,49 @@ export class ZoneCompiler {
     for (const key of keys) {
       const node = state.names.get(key);
       if (!node) continue;
-      removeRecord(node.entries, record);
-      if (node.entries.length === 0) {
+      remove(node.machines, served);
+      if (node.machines.length === 0) {
         state.names.delete(key);
-        if (node.inDomain && p.served.labelCount > 1) this.countAncestors(state, key, -1, touched);
+        if (node.inDomain && served.labelCount > 1) this.countAncestors(state, key, -1, touched);
       }
       touched.add(key);
     }
     for (const key of p.reverseKeys) {
       const list = state.reverses.get(key);
       if (!list) continue;
-      removeRecord(list, record);
+      remove(list, served);
       if (list.length === 0) state.reverses.delete(key);
       touched.add(key);
     }
   }
 
+  /** Inserts `served` where the view's order puts it (lists are short: one machine, a few at most). */
+  private insertInViewOrder(
+    list: ServedMachine[],
+    served: ServedMachine,
+    position: ReadonlyMap<MachineRecord, number>,
+  ): void {
+    const at = this.positionOf(served, position);
+    let i = list.length;
+    for (; i > 0; i--) {
+      const before = list[i - 1];
+      if (!before || this.positionOf(before, position) <= at) break;
+    }
+    list.splice(i, 0, served);
+  }
+
+  private positionOf(served: ServedMachine, position: ReadonlyMap<MachineRecord, number>): number {
+    const record = this.recordOf.get(served);
+    return (record && position.get(record)) ?? Number.MAX_SAFE_INTEGER;
+  }
+
   /** Names between a dotted machine name and the apex exist without data (RFC 8020 §2): counted. */
-  private countAncestors(state: CompiledState, key: string, delta: 1 | -1, touched: Set<string>): void {
+  private countAncestors(
+    state: CompiledState,
+    key: string,
+    delta: 1 | -1,
+    touched: Set<string> | undefined,
+  ): void {
     let name = Buffer.from(key, 'latin1');
     for (;;) {
       name = name.subarray((name[0] ?? 0) + 1);
@@ -322,23 +353,19 @@ export class ZoneCompiler {
       const count = (state.ancestors.get(ancestor) ?? 0) + delta;
       if (count > 0) state.ancestors.set(ancestor, count);
       else state.ancestors.delete(ancestor);
-      touched.add(ancestor);
+      touched?.add(ancestor);
     }
   }
 
   /** The node a name has now: a reverse name, else a machine name, else the apex, else empty or none. */
   private settle(state: CompiledState, key: string): void {
     const name = state.names.get(key);
-    if (name && name.inDomain && name.entries.length > 1) state.collisions.add(key);
+    if (name && name.inDomain && name.machines.length > 1) state.collisions.add(key);
     else state.collisions.delete(key);
     const reverse = state.reverses.get(key);
-    if (reverse) state.nodes.set(key, { kind: 'reverse', machines: reverse.map((e) => e.served) });
+    if (reverse) state.nodes.set(key, { kind: 'reverse', machines: reverse });
     else if (name)
-      state.nodes.set(key, {
-        kind: 'machine',
-        inDomain: name.inDomain,
-        machines: name.entries.map((e) => e.served),
-      });
+      state.nodes.set(key, { kind: 'machine', inDomain: name.inDomain, machines: name.machines });
     else if (key === this.apexKey) state.nodes.set(key, APEX);
     else if (state.ancestors.has(key)) state.nodes.set(key, EMPTY);
     else state.nodes.delete(key);
@@ -411,19 +438,8 @@ function rebuildAbove(machines: number): number {
   return Math.max(64, machines >> 3);
 }
 
-/** Inserts `entry` where the view's order puts it (lists are short: one machine, a few at most). */
-function insertInViewOrder(list: Entry[], entry: Entry, position: ReadonlyMap<MachineRecord, number>): void {
-  const at = position.get(entry.record) ?? Number.MAX_SAFE_INTEGER;
-  let i = list.length;
-  for (; i > 0; i--) {
-    const before = list[i - 1];
-    if (!before || (position.get(before.record) ?? 0) <= at) break;
-  }
-  list.splice(i, 0, entry);
-}
-
-function removeRecord(list: Entry[], record: MachineRecord): void {
-  const i = list.findIndex((e) => e.record === record);
+function remove(list: ServedMachine[], served: ServedMachine): void {
+  const i = list.indexOf(served);
   if (i >= 0) list.splice(i, 1);
 }
 

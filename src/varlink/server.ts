@@ -571,19 +571,19 @@ class Connection {
     else this.write(encodeReply(reply, false));
   }
 
-  /** A long reply in its pieces: no one string of it is made (or encoded) at once. */
-  private writeParts(parts: readonly (string | Buffer)[]): void {
-    if (this.state === 'closed' || !this.socket.writable) return;
-    this.socket.cork();
-    for (const part of parts) this.socket.write(part);
-    this.socket.uncork();
-    if (this.socket.writableLength > this.host.maxOutputBytes)
-      this.destroy(`peer does not read: more than ${this.host.maxOutputBytes} bytes of output queued`);
+  private write(text: string): void {
+    this.writeParts([text + '\0']);
   }
 
-  private write(text: string): void {
+  /** A reply in its pieces (a long one is never made into one string, nor encoded at once). */
+  private writeParts(parts: readonly (string | Buffer)[]): void {
     if (this.state === 'closed' || !this.socket.writable) return;
-    this.socket.write(text + '\0');
+    if (parts.length === 1 && parts[0] !== undefined) this.socket.write(parts[0]);
+    else {
+      this.socket.cork();
+      for (const part of parts) this.socket.write(part);
+      this.socket.uncork();
+    }
     if (this.socket.writableLength > this.host.maxOutputBytes)
       this.destroy(`peer does not read: more than ${this.host.maxOutputBytes} bytes of output queued`);
   }
