@@ -4,6 +4,10 @@
  * The whole path through the daemon and `mymachinesd list --json`: test/daemon-cli.test.ts.
  */
 import test from 'ava';
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setImmediate } from 'node:timers/promises';
 import { CONTROL_INTERFACE, LIST_SLICE, controlInterface } from '../src/daemon/control-service.js';
 import { controlMachine } from '../src/daemon/control.js';
@@ -17,6 +21,9 @@ import {
   encodedReplyParts,
   type VarlinkReply,
 } from '../src/varlink/protocol.js';
+import { createLogger } from '../src/log.js';
+import { VarlinkServer } from '../src/varlink/server.js';
+import { BIN } from './support/daemon.js';
 import { machineRecord } from './support/records.js';
 
 const STATUS: RegistryStatus = {
@@ -49,8 +56,17 @@ function table(n: number): MachineTable {
 }
 
 /** Calls List and counts the event-loop turns that pass before its reply is there. */
-async function callList(view: MachineTable): Promise<{ reply: VarlinkReply; turns: number }> {
-  const iface = controlInterface({ view, status: () => STATUS, domain: 'machine', userdbProblem: problem });
+async function callList(
+  view: MachineTable,
+  replyMax?: number,
+): Promise<{ reply: VarlinkReply; turns: number }> {
+  const iface = controlInterface({
+    view,
+    status: () => STATUS,
+    domain: 'machine',
+    userdbProblem: problem,
+    ...(replyMax === undefined ? {} : { replyMax }),
+  });
   const listMethod = iface.methods[`${CONTROL_INTERFACE}.List`];
   if (!listMethod) throw new Error('no List');
   const invocation = listMethod.invoke([], {}, { method: `${CONTROL_INTERFACE}.List`, more: false });
@@ -130,4 +146,81 @@ test('encoded parameters go out as they are, in their pieces, with and without c
     ).toString();
   t.is(wire(false), '{"parameters":{"a":[1,2],"b":"ü"}}\0');
   t.is(wire(true), '{"parameters":{"a":[1,2],"b":"ü"},"continues":true}\0');
+});
+
+test('List over the size a reply may have answers TooManyMachines, naming the size', async (t) => {
+  const { reply } = await callList(table(3 * LIST_SLICE), 10_000);
+  t.true('error' in reply);
+  if (!('error' in reply)) return;
+  t.is(reply.error, `${CONTROL_INTERFACE}.TooManyMachines`);
+  t.like(reply.parameters, { machines: 3 * LIST_SLICE });
+  t.true(Number(reply.parameters['bytes']) > 10_000);
+});
+
+test('List with more: slices of at most LIST_SLICE machines, the status in the last reply only, together the one reply', async (t) => {
+  for (const n of [0, 1, LIST_SLICE, 2 * LIST_SLICE + 3]) {
+    const view = table(n);
+    const iface = controlInterface({ view, status: () => STATUS, domain: 'machine', userdbProblem: problem });
+    const invocation = iface.methods[`${CONTROL_INTERFACE}.List`]?.invoke(
+      [],
+      {},
+      {
+        method: `${CONTROL_INTERFACE}.List`,
+        more: true,
+      },
+    );
+    if (invocation?.kind !== 'result') throw new Error('no result');
+    const result = await invocation.result;
+    if (!isStream(result)) throw new Error('not a stream');
+    const replies = [...(result.stream as Iterable<{ machines: unknown[]; status?: unknown }>)];
+    t.is(replies.length, Math.max(1, Math.ceil(n / LIST_SLICE)), `${n} machines`);
+    t.true(replies.every((r) => r.machines.length <= LIST_SLICE));
+    t.true(replies.slice(0, -1).every((r) => !('status' in r)));
+    const { reply } = await callList(view);
+    if (!(reply.parameters instanceof EncodedParameters)) throw new Error('not encoded');
+    t.is(
+      JSON.stringify({ machines: replies.flatMap((r) => r.machines), status: replies.at(-1)?.status }),
+      reply.parameters.text(),
+      `${n} machines`,
+    );
+  }
+});
+
+test('mymachinesd list asks with more: hundreds of machines come in slices, put together as one list', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'mmd-control-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const view = table(2 * LIST_SLICE + 50);
+  const server = new VarlinkServer({ logger: createLogger('error') });
+  // a reply limit no single List reply of these machines fits: only the slices get through
+  server.addInterface(
+    controlInterface({
+      view,
+      status: () => STATUS,
+      domain: 'machine',
+      userdbProblem: problem,
+      replyMax: 20_000,
+    }),
+  );
+  const path = join(dir, 'control');
+  await server.listen(path);
+  t.teardown(() => server.close());
+  const run = (...args: string[]): Promise<{ code: number | null; stdout: string }> =>
+    new Promise((resolve) => {
+      execFile(BIN, args, { maxBuffer: 64 << 20 }, (error, stdout) => {
+        resolve({ code: error ? (typeof error.code === 'number' ? error.code : 1) : 0, stdout });
+      });
+    });
+  const json = await run('list', '--json', '--control', path);
+  t.is(json.code, 0);
+  const parsed = JSON.parse(json.stdout) as {
+    machines: { name: string }[];
+    status: { addressCalls: number };
+  };
+  t.is(parsed.machines.length, 2 * LIST_SLICE + 50);
+  t.is(parsed.machines[0]?.name, 'm1');
+  t.is(parsed.machines.at(-1)?.name, `m${2 * LIST_SLICE + 50}`);
+  t.is(parsed.status.addressCalls, STATUS.addressCalls);
+  const text = await run('list', '--control', path);
+  t.is(text.code, 0);
+  t.regex(text.stdout, new RegExp(`^${2 * LIST_SLICE + 50} machine\\(s\\)\\.$`, 'm'));
 });

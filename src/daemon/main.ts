@@ -59,6 +59,19 @@ async function callOnce(
   method: string,
   params: Record<string, unknown>,
 ): Promise<ReceivedReply> {
+  const [reply] = await callAll(path, what, method, params, false);
+  if (!reply) throw new CliFailure(`${what}: no reply`);
+  return reply;
+}
+
+/** Every reply of one call (several with `more`). */
+async function callAll(
+  path: string,
+  what: string,
+  method: string,
+  params: Record<string, unknown>,
+  more: boolean,
+): Promise<readonly ReceivedReply[]> {
   let client: VarlinkClient;
   try {
     client = await VarlinkClient.connect(path, { timeoutMs: 5_000 });
@@ -67,9 +80,7 @@ async function callOnce(
     throw new CliFailure(`cannot reach ${what} at ${path} — is mymachinesd running? (${reason})`);
   }
   try {
-    const [reply] = await client.call(method, params, { timeoutMs: 10_000 });
-    if (!reply) throw new CliFailure(`${what}: no reply`);
-    return reply;
+    return await client.call(method, params, { timeoutMs: 10_000, more });
   } catch (err) {
     if (err instanceof VarlinkClientError) throw new CliFailure(`${what}: ${err.message}`);
     throw err;
@@ -80,7 +91,7 @@ async function callOnce(
 
 class CliFailure extends Error {}
 
-const listReply = z.object({ machines: z.array(controlMachineSchema) }).loose();
+const listReply = z.object({ machines: z.array(controlMachineSchema), status: z.unknown().optional() });
 const resolveReply = z.object({ machine: controlMachineSchema });
 const ambiguousReply = z.object({ candidates: z.array(z.string()) }).loose();
 /** The fields of a user or group record that the CLI prints (reference §2.4, §2.5). */
@@ -99,13 +110,23 @@ const recordReply = z.object({
     .loose(),
 });
 
+/**
+ * Asks with `more`: the daemon sends the machines in slices (no reply near the 16 MiB a Varlink
+ * message may have), the status with the last; put together here into what one reply would be.
+ */
 async function list(config: ListConfig): Promise<number> {
-  const reply = await callOnce(config.control, 'the control socket', `${CONTROL_INTERFACE}.List`, {});
-  if (reply.error) return fail(`list: ${reply.error}`);
-  const parsed = listReply.safeParse(reply.parameters);
-  if (!parsed.success) return fail('list: the daemon sent a reply of another shape (version mismatch?)');
-  if (config.json) out(`${JSON.stringify(parsed.data, null, 2)}\n`);
-  else out(renderList(parsed.data.machines));
+  const replies = await callAll(config.control, 'the control socket', `${CONTROL_INTERFACE}.List`, {}, true);
+  const machines: z.infer<typeof controlMachineSchema>[] = [];
+  let status: unknown;
+  for (const reply of replies) {
+    if (reply.error) return fail(`list: ${reply.error}`);
+    const parsed = listReply.safeParse(reply.parameters);
+    if (!parsed.success) return fail('list: the daemon sent a reply of another shape (version mismatch?)');
+    machines.push(...parsed.data.machines);
+    status = parsed.data.status ?? status;
+  }
+  if (config.json) out(`${JSON.stringify({ machines, status }, null, 2)}\n`);
+  else out(renderList(machines));
   return 0;
 }
 
