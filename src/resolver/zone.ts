@@ -133,8 +133,7 @@ interface PreparedMachine {
 
 /** What a compiler keeps between zones, updated in place by the machines that came and went. */
 interface CompiledState {
-  /** The view's list the zone was compiled from, and each record's index in it. */
-  records: readonly MachineRecord[];
+  /** The records of the view the zone was compiled from, each with its index in the view's list. */
   position: ReadonlyMap<MachineRecord, number>;
   readonly nodes: Map<string, ZoneNode>;
   /**
@@ -201,7 +200,6 @@ export class ZoneCompiler {
       for (const key of state.reverses.keys()) this.settle(state, key);
       for (const key of state.ancestors.keys()) this.settle(state, key);
     }
-    state.records = records;
     state.position = position;
     this.state = state;
 
@@ -232,7 +230,6 @@ export class ZoneCompiler {
 
   private fresh(): CompiledState {
     return {
-      records: [],
       position: new Map(),
       nodes: new Map([[this.apexKey, APEX]]),
       names: new Map(),
@@ -421,7 +418,8 @@ function changes(
   records: readonly MachineRecord[],
   position: ReadonlyMap<MachineRecord, number>,
 ): { added: MachineRecord[]; removed: MachineRecord[] } | undefined {
-  const removed = state.records.filter((r) => !position.has(r));
+  const removed: MachineRecord[] = [];
+  for (const record of state.position.keys()) if (!position.has(record)) removed.push(record);
   const added: MachineRecord[] = [];
   let last = -1;
   for (const record of records) {

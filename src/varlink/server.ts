@@ -572,18 +572,21 @@ class Connection {
   }
 
   private write(text: string): void {
-    this.writeParts([text + '\0']);
+    if (this.state === 'closed' || !this.socket.writable) return;
+    this.socket.write(text + '\0');
+    this.limitOutput();
   }
 
-  /** A reply in its pieces (a long one is never made into one string, nor encoded at once). */
+  /** A long reply in its pieces: no one string of it is made, nor encoded at once. */
   private writeParts(parts: readonly (string | Buffer)[]): void {
     if (this.state === 'closed' || !this.socket.writable) return;
-    if (parts.length === 1 && parts[0] !== undefined) this.socket.write(parts[0]);
-    else {
-      this.socket.cork();
-      for (const part of parts) this.socket.write(part);
-      this.socket.uncork();
-    }
+    this.socket.cork();
+    for (const part of parts) this.socket.write(part);
+    this.socket.uncork();
+    this.limitOutput();
+  }
+
+  private limitOutput(): void {
     if (this.socket.writableLength > this.host.maxOutputBytes)
       this.destroy(`peer does not read: more than ${this.host.maxOutputBytes} bytes of output queued`);
   }
