@@ -55,11 +55,12 @@ function table(n: number): MachineTable {
   return t;
 }
 
-/** Calls List and counts the event-loop turns that pass before its reply is there. */
-async function callList(
+/** Invokes List on a control interface over `view`, as the Varlink server would. */
+function invokeList(
   view: MachineTable,
+  more: boolean,
   replyMax?: number,
-): Promise<{ reply: VarlinkReply; turns: number }> {
+): MethodResult | Promise<MethodResult> {
   const iface = controlInterface({
     view,
     status: () => STATUS,
@@ -67,13 +68,27 @@ async function callList(
     userdbProblem: problem,
     ...(replyMax === undefined ? {} : { replyMax }),
   });
-  const listMethod = iface.methods[`${CONTROL_INTERFACE}.List`];
-  if (!listMethod) throw new Error('no List');
-  const invocation = listMethod.invoke([], {}, { method: `${CONTROL_INTERFACE}.List`, more: false });
-  if (invocation.kind !== 'result') throw new Error(invocation.kind);
+  const invocation = iface.methods[`${CONTROL_INTERFACE}.List`]?.invoke(
+    [],
+    {},
+    {
+      method: `${CONTROL_INTERFACE}.List`,
+      more,
+    },
+  );
+  if (invocation?.kind !== 'result') throw new Error('List was not invoked');
+  return invocation.result;
+}
+
+/** Calls List and counts the event-loop turns that pass before its reply is there. */
+async function callList(
+  view: MachineTable,
+  replyMax?: number,
+): Promise<{ reply: VarlinkReply; turns: number }> {
+  const pending = invokeList(view, false, replyMax);
   let result: MethodResult | undefined;
   let turns = 0;
-  void Promise.resolve(invocation.result).then((r) => (result = r));
+  void Promise.resolve(pending).then((r) => (result = r));
   await Promise.resolve(); // a reply that is there at once
   while (result === undefined) {
     await setImmediate();
@@ -110,19 +125,13 @@ test('List gives the same JSON as serializing every machine and the status at on
 
 test('List answers with the machines as they were when it was called, whatever changes while it is built', async (t) => {
   const view = table(5 * LIST_SLICE);
-  const iface = controlInterface({ view, status: () => STATUS, domain: 'machine', userdbProblem: problem });
-  const invocation = iface.methods[`${CONTROL_INTERFACE}.List`]?.invoke(
-    [],
-    {},
-    { method: `${CONTROL_INTERFACE}.List`, more: false },
-  );
-  if (invocation?.kind !== 'result') throw new Error('no result');
+  const pending = invokeList(view, false);
   // while the first slices are serialized: the last machine goes, another changes, a new one comes
   await setImmediate();
   view.remove(`m${5 * LIST_SLICE}`);
   view.upsert(machineRecord({ name: 'm3', addresses: ['192.0.2.3'] }));
   view.upsert(machineRecord({ name: 'late' }));
-  const result = await invocation.result;
+  const result = await pending;
   if (isStream(result) || !(result.parameters instanceof EncodedParameters)) throw new Error('not encoded');
   const parsed = JSON.parse(result.parameters.text()) as {
     machines: { name: string; addresses: { address: string }[] }[];
@@ -160,17 +169,7 @@ test('List over the size a reply may have answers TooManyMachines, naming the si
 test('List with more: slices of at most LIST_SLICE machines, the status in the last reply only, together the one reply', async (t) => {
   for (const n of [0, 1, LIST_SLICE, 2 * LIST_SLICE + 3]) {
     const view = table(n);
-    const iface = controlInterface({ view, status: () => STATUS, domain: 'machine', userdbProblem: problem });
-    const invocation = iface.methods[`${CONTROL_INTERFACE}.List`]?.invoke(
-      [],
-      {},
-      {
-        method: `${CONTROL_INTERFACE}.List`,
-        more: true,
-      },
-    );
-    if (invocation?.kind !== 'result') throw new Error('no result');
-    const result = await invocation.result;
+    const result = await invokeList(view, true);
     if (!isStream(result)) throw new Error('not a stream');
     const replies = [...(result.stream as Iterable<{ machines: unknown[]; status?: unknown }>)];
     t.is(replies.length, Math.max(1, Math.ceil(n / LIST_SLICE)), `${n} machines`);
