@@ -870,6 +870,96 @@ test('[test double] a refresh does not re-read uid_map and gid_map while the use
   t.true(reads.length >= 4);
 });
 
+/**
+ * Refreshes between a container's turns (fullRefreshRounds) and between account rounds keep what
+ * was read before unless something it was read from changed. These check that such a refresh does
+ * not keep too much: the events are ordered by the digest each refresh takes, so a refresh that
+ * missed the change would leave it to the sixth round (the next account round), not the next one.
+ */
+test('[test double] between turns, the refresh after a user namespace changed reads the new maps', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.seed([fakeMachine('testct', process.pid, { timestamp: '0' })]);
+  let namespace = 'user:[4026532001]';
+  let outer = 300000;
+  const events: string[] = [];
+  const host: HostReader = {
+    ...procHost,
+    networkState: () => {
+      events.push('digest');
+      // the second digest is round 1's: the namespace changes after that refresh looked at it
+      if (events.filter((e) => e === 'digest').length === 2) {
+        namespace = 'user:[4026532999]';
+        outer = 400000;
+      }
+      return 'unchanged';
+    },
+    userNamespace: () => namespace,
+    readIdMap: (_pid, which) => {
+      if (which === 'uid') events.push('maps');
+      return Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer, count: 65536 }] });
+    },
+    readAccounts: () =>
+      Promise.resolve({ kind: 'ok', accounts: [], source: 'leader-root', leaderRootProblem: undefined }),
+  };
+  // no turn to ask machined within the test: only the refresh's own checks can find the change
+  const r = registry(fake.busAddress, {
+    host,
+    refreshIntervalMs: 50,
+    settleDelaysMs: [],
+    fullRefreshRounds: 1_000,
+  });
+  t.teardown(() => r.stop());
+  await r.start();
+  await until(r.view, (v) => v.ownerOfUid(401000)?.machine.name === 'testct', 3_000);
+  t.is(r.view.ownerOfUid(301000), undefined);
+  // changed during round 1 (the second digest): read in round 1 or 2, not left to round 6
+  const reread = events.indexOf('maps', 2);
+  t.true(reread > 0, events.join(' '));
+  t.true(events.slice(0, reread).filter((e) => e === 'digest').length <= 3, events.join(' '));
+});
+
+test('[test double] between account rounds, a refresh reads the passwd and group that could not be read before', async (t) => {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.seed([fakeMachine('testct', process.pid, { timestamp: '0' })]);
+  const events: string[] = [];
+  const host: HostReader = {
+    ...procHost,
+    networkState: () => {
+      events.push('digest');
+      return 'unchanged';
+    },
+    userNamespace: () => 'user:[4026532001]',
+    readIdMap: () => Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer: 300000, count: 65536 }] }),
+    readAccounts: (_pid, _root, which) => {
+      if (which === 'passwd') events.push('accounts');
+      // unreadable for the first sync's read (after the first digest), readable from then on
+      return Promise.resolve(
+        events.filter((e) => e === 'digest').length <= 1
+          ? { kind: 'unreadable', reason: 'EIO' }
+          : {
+              kind: 'ok',
+              accounts: [{ name: which === 'passwd' ? 'alice' : 'staff', id: 1000 }],
+              source: 'leader-root',
+              leaderRootProblem: undefined,
+            },
+      );
+    },
+  };
+  const r = registry(fake.busAddress, {
+    host,
+    refreshIntervalMs: 50,
+    settleDelaysMs: [],
+    fullRefreshRounds: 1_000,
+  });
+  t.teardown(() => r.stop());
+  await r.start();
+  await until(r.view, (v) => v.byName('testct')?.innerUsers?.[0]?.name === 'alice', 3_000);
+  // the first sync's read failed; round 1 (the second digest) reads again, not round 6
+  t.deepEqual(events.slice(0, 4), ['digest', 'accounts', 'digest', 'accounts'], events.join(' '));
+});
+
 test("[test double] the first sync does not wait for containers' passwd and group: they follow in one change", async (t) => {
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());
