@@ -12,14 +12,14 @@
  * userdb load generator to CPU 1.
  *
  * Anchors measured in the same run: for the first sync, a bare D-Bus client doing the same calls
- * as the registry (ListMachines, then GetAll and GetMachineAddresses per machine, 16 at a time) and
+ * as the registry (ListMachines, then GetAll and GetMachineAddresses per machine, as many at a time) and
  * nothing else; for memory and lookups, the smallest size.
  */
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BusConnection } from '../src/registry-client/bus.js';
 import { Machine1Client } from '../src/registry-client/machine1.js';
-import { mapLimit } from '../src/registry-client/sync.js';
+import { DEFAULTS, mapLimit } from '../src/registry-client/sync.js';
 import { FakeMachinedHandle } from '../test/support/fake.js';
 import { World } from '../test/support/world.js';
 import { dnsperf, type DnsperfRun } from './harness/dnsperf.js';
@@ -40,6 +40,12 @@ const knobs = {
   seconds: Number(process.env.BENCH_SECONDS ?? 5),
   lookups: 3000,
 };
+/**
+ * The daemon's CPU with no queries is measured from this long after its spawn (the first refresh
+ * round begins one refresh interval, 10 s, after the first sync), for IDLE_SECONDS.
+ */
+const IDLE_AFTER_MS = 12_000;
+const IDLE_SECONDS = 10;
 /** Pairs of userdb runs taking turns (largest and smallest size), at least. */
 const USERDB_TURNS = 5;
 const SERVER_CPU = 0;
@@ -55,6 +61,8 @@ interface SizeResult {
   /** The registry's own figure for the containers' passwd and group, read after `ready`. */
   readonly accountsMs: number;
   readonly fakeCpuMs: number;
+  /** The daemon's CPU per second with no queries (ms/s): the registry's polling, and its timers. */
+  readonly idleCpuMsPerS: number;
   readonly memoryReady: Memory;
   readonly memoryAfter: Memory;
   readonly qps: number[];
@@ -89,14 +97,14 @@ interface KeptDaemon extends Side {
   stop(): Promise<void>;
 }
 
-/** What a first sync cannot avoid: the same D-Bus calls, 16 at a time, and nothing else. */
+/** What a first sync cannot avoid: the same D-Bus calls, as many at a time as the registry's, and nothing else. */
 async function bareFetch(busAddress: string): Promise<number> {
   const conn = await BusConnection.open(busAddress);
   try {
     const client = new Machine1Client(conn, { noAutoStart: true, timeoutMs: 30_000 });
     const t0 = performance.now();
     const listing = await client.listMachines();
-    await mapLimit(listing, 16, async (l) => {
+    await mapLimit(listing, DEFAULTS.concurrency, async (l) => {
       await client.machineProperties(l.path);
       await client.getMachineAddresses(l.name);
     });
@@ -208,6 +216,8 @@ async function measureSize(
     // The accounts (enumeration only) are read after `ready`; the lookups below start once they are in.
     const accountsLine = await started.handle.waitFor(/read the accounts of \d+ container/, 60_000);
     const accountsMs = Number(/in (\d+) ms/.exec(accountsLine)?.[1] ?? NaN);
+    const idle = await idleCpu(started.pid, t0);
+    report.progress(`${n} machines: idle CPU ${num(idle.result)} ms/s`);
 
     const queryFile = join(world.dir, 'queries.txt');
     await writeFile(queryFile, `${queryLines(n, Math.max(10_000, 4 * n)).join('\n')}\n`);
@@ -347,6 +357,7 @@ async function measureSize(
       syncMs,
       accountsMs,
       fakeCpuMs: fakeCpu.userMs + fakeCpu.systemMs,
+      idleCpuMsPerS: idle.result,
       memoryReady,
       memoryAfter,
       noPollingQps,
@@ -358,7 +369,7 @@ async function measureSize(
       userdbP50Us,
       userdbP99Us,
       syncForeign,
-      maxForeign: Math.max(bare.foreignShare, ...foreign),
+      maxForeign: Math.max(bare.foreignShare, idle.foreignShare, ...foreign),
     };
   } finally {
     if (!kept) {
@@ -367,6 +378,21 @@ async function measureSize(
       await fake.stop();
     }
   }
+}
+
+/**
+ * The daemon's CPU per second while nobody queries it, from IDLE_AFTER_MS after `spawnedAt`: what
+ * polling (the address refresh and the leader check) costs a machine that serves nothing.
+ */
+async function idleCpu(pid: number, spawnedAt: number): Promise<QuietResult<number>> {
+  const wait = spawnedAt + IDLE_AFTER_MS - performance.now();
+  if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+  return quietRun(async () => {
+    const before = cpuTime(pid);
+    await new Promise((resolve) => setTimeout(resolve, IDLE_SECONDS * 1000));
+    const cpu = cpuSince(pid, before);
+    return (cpu.userMs + cpu.systemMs) / IDLE_SECONDS;
+  });
 }
 
 async function main(): Promise<void> {
@@ -393,9 +419,9 @@ async function main(): Promise<void> {
     `Setup: FakeMachined (TEST DOUBLE of machined, Node + dbus-next) on a private dbus-daemon, seeded with N ` +
       `containers (one IPv4 + one IPv6 address each) before the daemon starts. Ours: the BENCH-ONLY entry ` +
       `\`bench/processes/scale-daemon.ts\` (Registry + userdb + DNS stub wired as \`serve\` does, defaults: ` +
-      `refresh every 10 s but at most 100 machines a second, leader check every 2 s (start time every fifth), 16 D-Bus fetches at a time) with a synthetic uid/gid map source whose /proc reads ` +
+      `refresh every 10 s but at most 100 machines a second, leader check every 2 s (start time every fifth), ${DEFAULTS.concurrency} D-Bus fetches at a time) with a synthetic uid/gid map source whose /proc reads ` +
       `still happen; pinned to CPU ${SERVER_CPU}. "ready" is from spawn to the \`ready\` line (Node start-up ` +
-      `included), "sync" the registry's own figure, "accounts" its figure for reading every container's passwd and group, which only enumeration needs, after \`ready\`. DNS: dnsperf on CPU ${LOAD_CPU}, ${knobs.runs} × ` +
+      `included), "sync" the registry's own figure, "accounts" its figure for reading every container's passwd and group, which only enumeration needs, after \`ready\`. "idle CPU": the daemon's CPU per second over ${IDLE_SECONDS} s without queries, from ${IDLE_AFTER_MS / 1000} s after its spawn (polling only). DNS: dnsperf on CPU ${LOAD_CPU}, ${knobs.runs} × ` +
       `${knobs.seconds} s, query file of max(10,000, 4·N) lines over all N names (~10 % unknown). userdb: ` +
       `GetUserRecord, one connection per lookup, ${knobs.lookups} lookups per run over 64 random machines, ${knobs.runs} runs per size, and ${Math.max(USERDB_TURNS, knobs.runs)} pairs of runs taking turns for the flatness ratio.`,
   );
@@ -407,6 +433,7 @@ async function main(): Promise<void> {
       'sync ms',
       'accounts ms (after ready)',
       'FakeMachined CPU ms',
+      'idle CPU ms/s',
       'RSS MiB at ready',
       'RSS MiB after (peak)',
       'DNS q/s',
@@ -422,6 +449,7 @@ async function main(): Promise<void> {
       num(r.syncMs),
       num(r.accountsMs),
       num(r.fakeCpuMs),
+      num(r.idleCpuMsPerS),
       num(r.memoryReady.rssMiB),
       `${num(r.memoryAfter.rssMiB)} (${num(r.memoryAfter.peakMiB)})`,
       formatSpread(spread(r.qps)),

@@ -33,6 +33,7 @@ import {
 } from './machine1.js';
 import { GroupedWarnings, type GroupedWarningsOptions } from './grouped-warnings.js';
 import { MachineTable } from './registry.js';
+import { Slices } from './slices.js';
 import type { Logger } from '../log.js';
 import type {
   IdRange,
@@ -81,7 +82,10 @@ export interface RegistryOptions {
   readonly leaderCheckRate?: number;
   /** Deadline of each D-Bus call (GetMachineAddresses forks into the container). */
   readonly callTimeoutMs?: number;
-  /** Parallel D-Bus fetches and refreshes (a resync, a burst of MachineNew signals). */
+  /**
+   * Parallel D-Bus fetches and refreshes (a resync, a burst of MachineNew signals). Stay well under
+   * dbus-daemon's max_replies_per_connection (128 on the system bus): calls beyond it fail.
+   */
   readonly concurrency?: number;
   readonly reconnectMinMs?: number;
   readonly reconnectMaxMs?: number;
@@ -114,7 +118,9 @@ export const DEFAULTS = {
   leaderCheckIntervalMs: 2_000,
   leaderCheckRate: 1_000,
   callTimeoutMs: 5_000,
-  concurrency: 16,
+  // 10,000 machines synced in 4.5–4.8 s instead of 5.6–6.2 s with 16 (spawn to ready, ad hoc, taking
+  // turns; BENCHMARKS.md); 256 lost machines to dbus-daemon's limit of 128 pending replies.
+  concurrency: 64,
   reconnectMinMs: 100,
   reconnectMaxMs: 5_000,
 };
@@ -129,12 +135,24 @@ const NAME_OWNER_RULE = nameOwnerRule(MACHINE1_NAME);
 const LEADER_CHECK_SLICE_MS = 0.25;
 
 /**
+ * How long fetches continue in one turn of the event loop after their D-Bus replies before they let
+ * queries in (Slices): one socket read brings many replies, and each fetch it resumes reads /proc
+ * and builds its record. Slowest DNS answer during the 2,000-machine resync test (each run alone):
+ * 64 in flight (DEFAULTS.concurrency) without the bound 18–52 ms (six runs), with it 13–42 ms (six
+ * runs), 16 in flight before 15–43 ms (nine runs).
+ */
+const FETCH_SLICE_MS = 1;
+
+/**
  * Every how many refresh rounds a container's passwd and group are checked again (a stat of each,
  * a read when changed; only enumeration uses them): one in six, a minute with the defaults. At
  * 10,000 machines these asynchronous file checks were two thirds of the refresh's CPU (BENCHMARKS.md,
  * bench:scale).
  */
 const ACCOUNT_ROUNDS = 6;
+
+/** Containers whose passwd and group are read at once after a resync (files on any filesystem). */
+const ACCOUNT_READS_AT_ONCE = 16;
 
 /** Every how many leader-check rounds each leader's start time is read (see leaderRounds). */
 const LEADER_FULL_CHECK_EVERY = 5;
@@ -170,6 +188,8 @@ export class Registry {
   private resync: ResyncState | undefined;
   /** Counts machine1 signals as they arrive: orders them against the fetches of a resync. */
   private signalSeq = 0;
+  /** Turns of the event loop shared by fetches continuing after machined's replies. */
+  private readonly slices = new Slices(FETCH_SLICE_MS);
   /** At most `concurrency` machines are fetched or refreshed at once, however many signals come. */
   private readonly limit: <T>(work: () => Promise<T>) => Promise<T>;
   private reconnectTimer: NodeJS.Timeout | undefined;
@@ -569,6 +589,8 @@ export class Registry {
       if (isBusError(err, 'NoSuchMachine') || isBusError(err, 'UnknownMethod')) return { kind: 'gone' };
       throw err;
     }
+    const turn = this.slices.next();
+    if (turn) await turn;
     const cls = parseClass(props.Class);
     if (!cls) {
       this.options.logger.warn(`machine ${name} has unknown class "${props.Class}"; not served`);
@@ -698,7 +720,7 @@ export class Registry {
 
   /**
    * After a resync: every container with its own user namespace gets its passwd and group, read
-   * 16 at a time (asynchronous file reads cost ~0.15 ms of the event loop each: 10,000 machines took
+   * ACCOUNT_READS_AT_ONCE at a time (asynchronous file reads cost ~0.15 ms of the event loop each: 10,000 machines took
    * 3 s longer to sync with them; BENCHMARKS.md, bench:scale), and applied in one change. They only
    * serve enumeration: lookups by id or name never needed them. A record replaced meanwhile (a
    * refresh, a new registration) read its own.
@@ -711,7 +733,7 @@ export class Registry {
         (hasPrivateUserNamespace(m.uidMap) || hasPrivateUserNamespace(m.gidMap)),
     );
     const began = Date.now();
-    const read = await mapLimit(targets, this.opts.concurrency, (m) =>
+    const read = await mapLimit(targets, Math.min(this.opts.concurrency, ACCOUNT_READS_AT_ONCE), (m) =>
       this.stopped ? Promise.resolve(undefined) : this.limit(() => this.readAccountsOf(m, m)),
     );
     if (this.stopped) return;
