@@ -138,8 +138,8 @@ const LEADER_CHECK_SLICE_MS = 0.25;
  * How long fetches continue in one turn of the event loop after their D-Bus replies before they let
  * queries in (Slices): one socket read brings many replies, and each fetch it resumes reads /proc
  * and builds its record. Slowest DNS answer during the 2,000-machine resync test (each run alone):
- * 64 in flight (DEFAULTS.concurrency) without the bound 18–52 ms (six runs), with it 13–42 ms (six
- * runs), 16 in flight before 15–43 ms (nine runs).
+ * 64 in flight (DEFAULTS.concurrency) without the bound 19–52 ms (six runs), with it 20–42 ms (six
+ * runs), as with 16 in flight before (18–43 ms, nine runs; BENCHMARKS.md).
  */
 const FETCH_SLICE_MS = 1;
 
