@@ -33,7 +33,6 @@ import {
 } from './machine1.js';
 import { GroupedWarnings, type GroupedWarningsOptions } from './grouped-warnings.js';
 import { MachineTable } from './registry.js';
-import { Slices } from './slices.js';
 import type { Logger } from '../log.js';
 import type {
   IdRange,
@@ -84,7 +83,9 @@ export interface RegistryOptions {
   readonly callTimeoutMs?: number;
   /**
    * Parallel D-Bus fetches and refreshes (a resync, a burst of MachineNew signals). Stay well under
-   * dbus-daemon's max_replies_per_connection (128 on the system bus): calls beyond it fail.
+   * dbus-daemon's max_replies_per_connection (128 on the system bus): calls beyond it fail (with 256,
+   * 3,798 of 10,000 machines were not synced). 64 synced 10,000 machines faster than 16 in 10 of 12
+   * pairs, but answers during a big resync then came later in the full test suite (BENCHMARKS.md).
    */
   readonly concurrency?: number;
   readonly reconnectMinMs?: number;
@@ -118,10 +119,7 @@ export const DEFAULTS = {
   leaderCheckIntervalMs: 2_000,
   leaderCheckRate: 1_000,
   callTimeoutMs: 5_000,
-  // 10,000 machines went from spawn to ready faster than with 16 in 10 of 12 pairs taking turns
-  // (e.g. 4.4–4.9 against 5.2–5.7 s; BENCHMARKS.md); 256 lost machines to dbus-daemon's limit of 128
-  // pending replies.
-  concurrency: 64,
+  concurrency: 16,
   reconnectMinMs: 100,
   reconnectMaxMs: 5_000,
 };
@@ -136,24 +134,12 @@ const NAME_OWNER_RULE = nameOwnerRule(MACHINE1_NAME);
 const LEADER_CHECK_SLICE_MS = 0.25;
 
 /**
- * How long fetches continue in one turn of the event loop after their D-Bus replies before they let
- * queries in (Slices): one socket read brings many replies, and each fetch it resumes reads /proc
- * and builds its record. Slowest DNS answer during the 2,000-machine resync test (each run alone):
- * 64 in flight (DEFAULTS.concurrency) without the bound 19–52 ms (six runs), with it 20–42 ms (six
- * runs), as with 16 in flight before (18–43 ms, nine runs; BENCHMARKS.md).
- */
-const FETCH_SLICE_MS = 1;
-
-/**
  * Every how many refresh rounds a container's passwd and group are checked again (a stat of each,
  * a read when changed; only enumeration uses them): one in six, a minute with the defaults. At
  * 10,000 machines these asynchronous file checks were two thirds of the refresh's CPU (BENCHMARKS.md,
  * bench:scale).
  */
 const ACCOUNT_ROUNDS = 6;
-
-/** Containers whose passwd and group are read at once after a resync (files on any filesystem). */
-const ACCOUNT_READS_AT_ONCE = 16;
 
 /** Every how many leader-check rounds each leader's start time is read (see leaderRounds). */
 const LEADER_FULL_CHECK_EVERY = 5;
@@ -189,8 +175,6 @@ export class Registry {
   private resync: ResyncState | undefined;
   /** Counts machine1 signals as they arrive: orders them against the fetches of a resync. */
   private signalSeq = 0;
-  /** Turns of the event loop shared by fetches continuing after machined's replies. */
-  private readonly slices = new Slices(FETCH_SLICE_MS);
   /** At most `concurrency` machines are fetched or refreshed at once, however many signals come. */
   private readonly limit: <T>(work: () => Promise<T>) => Promise<T>;
   private reconnectTimer: NodeJS.Timeout | undefined;
@@ -590,8 +574,6 @@ export class Registry {
       if (isBusError(err, 'NoSuchMachine') || isBusError(err, 'UnknownMethod')) return { kind: 'gone' };
       throw err;
     }
-    const turn = this.slices.next();
-    if (turn) await turn;
     const cls = parseClass(props.Class);
     if (!cls) {
       this.options.logger.warn(`machine ${name} has unknown class "${props.Class}"; not served`);
@@ -721,7 +703,7 @@ export class Registry {
 
   /**
    * After a resync: every container with its own user namespace gets its passwd and group, read
-   * ACCOUNT_READS_AT_ONCE at a time (asynchronous file reads cost ~0.15 ms of the event loop each: 10,000 machines took
+   * 16 at a time (asynchronous file reads cost ~0.15 ms of the event loop each: 10,000 machines took
    * 3 s longer to sync with them; BENCHMARKS.md, bench:scale), and applied in one change. They only
    * serve enumeration: lookups by id or name never needed them. A record replaced meanwhile (a
    * refresh, a new registration) read its own.
@@ -734,7 +716,7 @@ export class Registry {
         (hasPrivateUserNamespace(m.uidMap) || hasPrivateUserNamespace(m.gidMap)),
     );
     const began = Date.now();
-    const read = await mapLimit(targets, Math.min(this.opts.concurrency, ACCOUNT_READS_AT_ONCE), (m) =>
+    const read = await mapLimit(targets, this.opts.concurrency, (m) =>
       this.stopped ? Promise.resolve(undefined) : this.limit(() => this.readAccountsOf(m, m)),
     );
     if (this.stopped) return;
