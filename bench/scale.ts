@@ -26,7 +26,7 @@ import { dnsperf, type DnsperfRun } from './harness/dnsperf.js';
 import { fakeMachines, machineName, prng, queryLines } from './harness/fixture.js';
 import { describeMachine, REPO, requirePrograms } from './harness/machine.js';
 import { cpuSince, cpuTime, foreignCpu, memory, type Memory } from './harness/processes.js';
-import { quietRun, share, untilQuiet, type QuietResult } from './harness/quiet.js';
+import { quietRun, share, sleep, untilQuiet, type QuietResult } from './harness/quiet.js';
 import { BenchReport } from './harness/report.js';
 import { startDaemon, type DnsUnderTest } from './harness/servers.js';
 import { formatSpread, latencySummary, num, spread, type Spread } from './harness/stats.js';
@@ -386,10 +386,10 @@ async function measureSize(
  */
 async function idleCpu(pid: number, spawnedAt: number): Promise<QuietResult<number>> {
   const wait = spawnedAt + IDLE_AFTER_MS - performance.now();
-  if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+  if (wait > 0) await sleep(wait);
   return quietRun(async () => {
     const before = cpuTime(pid);
-    await new Promise((resolve) => setTimeout(resolve, IDLE_SECONDS * 1000));
+    await sleep(IDLE_SECONDS * 1000);
     const cpu = cpuSince(pid, before);
     return (cpu.userMs + cpu.systemMs) / IDLE_SECONDS;
   });

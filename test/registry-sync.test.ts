@@ -3,13 +3,13 @@
  * killed at will (the real machined cannot). Behaviour against the real machined 252 is pinned in
  * registry-machined.test.ts.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
 import { readlinkSync } from 'node:fs';
 import { once } from 'node:events';
 import { memoryLogger } from '../src/log.js';
 import { BusConnection, isBusError } from '../src/registry-client/bus.js';
-import { procHost, type HostReader } from '../src/registry-client/host.js';
+import { procHost, type AccountsRead, type HostReader, type MapRead } from '../src/registry-client/host.js';
 import { Registry, type RegistryOptions } from '../src/registry-client/sync.js';
 import type { RegistryView } from '../src/registry-client/view.js';
 import { PrivateBus } from './support/dbus.js';
@@ -837,10 +837,23 @@ test('[test double] --refresh-rate: refreshes are never closer than 1/rate s, an
   );
 });
 
-test('[test double] a refresh does not re-read uid_map and gid_map while the user namespace stays, and does when it changes', async (t) => {
+/** FakeMachined with one container, `testct`, whose leader is this process. */
+async function startWithTestct(t: ExecutionContext): Promise<FakeMachinedHandle> {
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());
   await fake.seed([fakeMachine('testct', process.pid, { timestamp: '0' })]);
+  return fake;
+}
+
+/** A uid or gid map of 65,536 ids from inner 0 at `outer`. */
+const mapAt = (outer: number): Promise<MapRead> =>
+  Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer, count: 65536 }] });
+
+const noAccounts = (): Promise<AccountsRead> =>
+  Promise.resolve({ kind: 'ok', accounts: [], source: 'leader-root', leaderRootProblem: undefined });
+
+test('[test double] a refresh does not re-read uid_map and gid_map while the user namespace stays, and does when it changes', async (t) => {
+  const fake = await startWithTestct(t);
   let namespace = 'user:[4026532001]';
   let outer = 300000;
   const reads: string[] = [];
@@ -849,10 +862,9 @@ test('[test double] a refresh does not re-read uid_map and gid_map while the use
     userNamespace: () => namespace,
     readIdMap: (_pid, which) => {
       reads.push(which);
-      return Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer, count: 65536 }] });
+      return mapAt(outer);
     },
-    readAccounts: () =>
-      Promise.resolve({ kind: 'ok', accounts: [], source: 'leader-root', leaderRootProblem: undefined }),
+    readAccounts: noAccounts,
   };
   const r = registry(fake.busAddress, { host, refreshIntervalMs: 50, settleDelaysMs: [] });
   t.teardown(() => r.stop());
@@ -870,6 +882,10 @@ test('[test double] a refresh does not re-read uid_map and gid_map while the use
   t.true(reads.length >= 4);
 });
 
+/** Rounds every 50 ms, and no turn to ask machined within a test: only the refresh's own checks count. */
+const BETWEEN_TURNS = { refreshIntervalMs: 50, settleDelaysMs: [], fullRefreshRounds: 1_000 };
+const digests = (events: readonly string[]): number => events.filter((e) => e === 'digest').length;
+
 /**
  * Refreshes between a container's turns (fullRefreshRounds) and between account rounds keep what
  * was read before unless something it was read from changed. These check that such a refresh does
@@ -877,9 +893,7 @@ test('[test double] a refresh does not re-read uid_map and gid_map while the use
  * missed the change would leave it to the sixth round (the next account round), not the next one.
  */
 test('[test double] between turns, the refresh after a user namespace changed reads the new maps', async (t) => {
-  const fake = await FakeMachinedHandle.start();
-  t.teardown(() => fake.stop());
-  await fake.seed([fakeMachine('testct', process.pid, { timestamp: '0' })]);
+  const fake = await startWithTestct(t);
   let namespace = 'user:[4026532001]';
   let outer = 300000;
   const events: string[] = [];
@@ -888,7 +902,7 @@ test('[test double] between turns, the refresh after a user namespace changed re
     networkState: () => {
       events.push('digest');
       // the second digest is round 1's: the namespace changes after that refresh looked at it
-      if (events.filter((e) => e === 'digest').length === 2) {
+      if (digests(events) === 2) {
         namespace = 'user:[4026532999]';
         outer = 400000;
       }
@@ -897,18 +911,11 @@ test('[test double] between turns, the refresh after a user namespace changed re
     userNamespace: () => namespace,
     readIdMap: (_pid, which) => {
       if (which === 'uid') events.push('maps');
-      return Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer, count: 65536 }] });
+      return mapAt(outer);
     },
-    readAccounts: () =>
-      Promise.resolve({ kind: 'ok', accounts: [], source: 'leader-root', leaderRootProblem: undefined }),
+    readAccounts: noAccounts,
   };
-  // no turn to ask machined within the test: only the refresh's own checks can find the change
-  const r = registry(fake.busAddress, {
-    host,
-    refreshIntervalMs: 50,
-    settleDelaysMs: [],
-    fullRefreshRounds: 1_000,
-  });
+  const r = registry(fake.busAddress, { host, ...BETWEEN_TURNS });
   t.teardown(() => r.stop());
   await r.start();
   await until(r.view, (v) => v.ownerOfUid(401000)?.machine.name === 'testct', 3_000);
@@ -916,13 +923,11 @@ test('[test double] between turns, the refresh after a user namespace changed re
   // changed during round 1 (the second digest): read in round 1 or 2, not left to round 6
   const reread = events.indexOf('maps', 2);
   t.true(reread > 0, events.join(' '));
-  t.true(events.slice(0, reread).filter((e) => e === 'digest').length <= 3, events.join(' '));
+  t.true(digests(events.slice(0, reread)) <= 3, events.join(' '));
 });
 
 test('[test double] between account rounds, a refresh reads the passwd and group that could not be read before', async (t) => {
-  const fake = await FakeMachinedHandle.start();
-  t.teardown(() => fake.stop());
-  await fake.seed([fakeMachine('testct', process.pid, { timestamp: '0' })]);
+  const fake = await startWithTestct(t);
   const events: string[] = [];
   const host: HostReader = {
     ...procHost,
@@ -931,12 +936,12 @@ test('[test double] between account rounds, a refresh reads the passwd and group
       return 'unchanged';
     },
     userNamespace: () => 'user:[4026532001]',
-    readIdMap: () => Promise.resolve({ kind: 'ok', ranges: [{ inner: 0, outer: 300000, count: 65536 }] }),
+    readIdMap: () => mapAt(300000),
     readAccounts: (_pid, _root, which) => {
       if (which === 'passwd') events.push('accounts');
       // unreadable for the first sync's read (after the first digest), readable from then on
       return Promise.resolve(
-        events.filter((e) => e === 'digest').length <= 1
+        digests(events) <= 1
           ? { kind: 'unreadable', reason: 'EIO' }
           : {
               kind: 'ok',
@@ -947,12 +952,7 @@ test('[test double] between account rounds, a refresh reads the passwd and group
       );
     },
   };
-  const r = registry(fake.busAddress, {
-    host,
-    refreshIntervalMs: 50,
-    settleDelaysMs: [],
-    fullRefreshRounds: 1_000,
-  });
+  const r = registry(fake.busAddress, { host, ...BETWEEN_TURNS });
   t.teardown(() => r.stop());
   await r.start();
   await until(r.view, (v) => v.byName('testct')?.innerUsers?.[0]?.name === 'alice', 3_000);

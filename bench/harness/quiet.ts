@@ -24,7 +24,7 @@ export interface QuietResult<T> {
   readonly attempts: number;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Waits until others have used less than `below` of a core over one second (bounded). */
 export async function untilQuiet(below = 0.1, maxWaitMs = 120_000): Promise<void> {

@@ -85,7 +85,8 @@ export interface RegistryOptions {
    * Parallel D-Bus fetches and refreshes (a resync, a burst of MachineNew signals). Stay well under
    * dbus-daemon's max_replies_per_connection (128 on the system bus): calls beyond it fail (with 256,
    * 3,798 of 10,000 machines were not synced). 64 synced 10,000 machines faster than 16 in 10 of 12
-   * pairs, but answers during a big resync then came later in the full test suite (BENCHMARKS.md).
+   * pairs, but then one full test-suite run answered 274 ms late during a big resync (deadline 250 ms;
+   * BENCHMARKS.md).
    */
   readonly concurrency?: number;
   readonly reconnectMinMs?: number;
