@@ -97,14 +97,14 @@ interface KeptDaemon extends Side {
   stop(): Promise<void>;
 }
 
-/** What a first sync cannot avoid: the same D-Bus calls, as many at a time as the registry's, and nothing else. */
+/** What a first sync cannot avoid: the same D-Bus calls, as many at a time as the registry's first sync, and nothing else. */
 async function bareFetch(busAddress: string): Promise<number> {
   const conn = await BusConnection.open(busAddress);
   try {
     const client = new Machine1Client(conn, { noAutoStart: true, timeoutMs: 30_000 });
     const t0 = performance.now();
     const listing = await client.listMachines();
-    await mapLimit(listing, DEFAULTS.concurrency, async (l) => {
+    await mapLimit(listing, DEFAULTS.firstSyncConcurrency, async (l) => {
       await client.machineProperties(l.path);
       await client.getMachineAddresses(l.name);
     });
@@ -419,7 +419,7 @@ async function main(): Promise<void> {
     `Setup: FakeMachined (TEST DOUBLE of machined, Node + dbus-next) on a private dbus-daemon, seeded with N ` +
       `containers (one IPv4 + one IPv6 address each) before the daemon starts. Ours: the BENCH-ONLY entry ` +
       `\`bench/processes/scale-daemon.ts\` (Registry + userdb + DNS stub wired as \`serve\` does, defaults: ` +
-      `refresh every 10 s but at most 100 machines a second, leader check every 2 s (start time every fifth), ${DEFAULTS.concurrency} D-Bus fetches at a time) with a synthetic uid/gid map source whose /proc reads ` +
+      `refresh every 10 s but at most 100 machines a second, leader check every 2 s (start time every fifth), ${DEFAULTS.firstSyncConcurrency} D-Bus fetches at a time in the first sync and ${DEFAULTS.concurrency} after it) with a synthetic uid/gid map source whose /proc reads ` +
       `still happen; pinned to CPU ${SERVER_CPU}. "ready" is from spawn to the \`ready\` line (Node start-up ` +
       `included), "sync" the registry's own figure, "accounts" its figure for reading every container's passwd and group, which only enumeration needs, after \`ready\`. "idle CPU": the daemon's CPU per second over ${IDLE_SECONDS} s without queries, from ${IDLE_AFTER_MS / 1000} s after its spawn (polling only). DNS: dnsperf on CPU ${LOAD_CPU}, ${knobs.runs} × ` +
       `${knobs.seconds} s, query file of max(10,000, 4·N) lines over all N names (~10 % unknown). userdb: ` +

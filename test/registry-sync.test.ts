@@ -738,6 +738,56 @@ test('[test double] killing machined and starting it again converges; removals w
   t.pass();
 });
 
+test('[test double] the first sync fetches firstSyncConcurrency machines at a time; a resync after machined restarts only concurrency', async (t) => {
+  // Every GetAll is answered STALL_MS late, so the calls that arrive within WINDOW_MS of the first
+  // are exactly those the registry has in flight at once.
+  const STALL_MS = 800;
+  const WINDOW_MS = 600;
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.seed(Array.from({ length: 80 }, (_, i) => fakeMachine(`m${i}`, process.pid)));
+  const listener = await BusConnection.open(fake.busAddress);
+  t.teardown(() => listener.close());
+  await listener.addMatch("type='signal',interface='org.mymachinesd.Test.FakeMachined',member='Received'");
+  let calls: number[] = [];
+  listener.onSignal((s) => {
+    if (s.member === 'Received' && s.body[0] === 'GetAll') calls.push(performance.now());
+  });
+  const atOnce = (): number => calls.filter((at) => at < (calls[0] ?? 0) + WINDOW_MS).length;
+
+  await fake.stall('GetAll', STALL_MS);
+  await fake.watch('GetAll');
+  const r = registry(fake.busAddress, { concurrency: 16, firstSyncConcurrency: 64, settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  t.is(r.view.all().length, 80);
+  t.is(atOnce(), 64, 'the first sync: 64 in flight');
+  t.is(calls.length, 80, 'each machine fetched once');
+
+  calls = [];
+  await fake.killMachined();
+  const synced = new Promise<void>((resolve) => {
+    const off = r.onSynced(() => {
+      off();
+      resolve();
+    });
+  });
+  // stalled and watched from its first call: the registry resyncs as soon as the name is back
+  await fake.startMachined({ stall: { GetAll: STALL_MS }, watch: ['GetAll'] });
+  await synced;
+  t.true(calls.length >= 80, `the resync fetched every machine (${calls.length} calls)`);
+  t.is(atOnce(), 16, 'a resync, while serving: 16 in flight');
+});
+
+test('Registry refuses a fetch width that is not a whole number ≥ 1 (0 would sync nothing)', (t) => {
+  for (const bad of [0, -1, 2.5, Number.NaN]) {
+    t.throws(() => registry('unix:path=/nonexistent', { firstSyncConcurrency: bad }), {
+      instanceOf: RangeError,
+    });
+    t.throws(() => registry('unix:path=/nonexistent', { concurrency: bad }), { instanceOf: RangeError });
+  }
+});
+
 test('[test double] the first registered container owns a shared id, whatever order ListMachines gives', async (t) => {
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());

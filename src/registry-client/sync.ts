@@ -89,6 +89,13 @@ export interface RegistryOptions {
    * BENCHMARKS.md).
    */
   readonly concurrency?: number;
+  /**
+   * Parallel D-Bus fetches of the first sync only, which runs before the DNS stub is started and
+   * before `ready` (userdb and control answer from the empty view meanwhile, DESIGN.md §3): nothing
+   * is served from the machines it fetches yet, so it may take the event loop that later syncs share.
+   * Every later sync (machined or the bus came back) and every signal uses `concurrency`.
+   */
+  readonly firstSyncConcurrency?: number;
   readonly reconnectMinMs?: number;
   readonly reconnectMaxMs?: number;
   /** How warnings about reading many machines' maps and files are grouped (defaults: 3 in full, then a line per 5 s). */
@@ -121,6 +128,7 @@ export const DEFAULTS = {
   leaderCheckRate: 1_000,
   callTimeoutMs: 5_000,
   concurrency: 16,
+  firstSyncConcurrency: 64,
   reconnectMinMs: 100,
   reconnectMaxMs: 5_000,
 };
@@ -221,6 +229,7 @@ export class Registry {
       leaderCheckRate: options.leaderCheckRate ?? DEFAULTS.leaderCheckRate,
       callTimeoutMs: options.callTimeoutMs ?? DEFAULTS.callTimeoutMs,
       concurrency: options.concurrency ?? DEFAULTS.concurrency,
+      firstSyncConcurrency: options.firstSyncConcurrency ?? DEFAULTS.firstSyncConcurrency,
       reconnectMinMs: options.reconnectMinMs ?? DEFAULTS.reconnectMinMs,
       reconnectMaxMs: options.reconnectMaxMs ?? DEFAULTS.reconnectMaxMs,
     };
@@ -230,6 +239,10 @@ export class Registry {
       throw new RangeError(`leaderCheckRate ${this.opts.leaderCheckRate}: must be > 0`);
     if (!Number.isInteger(this.opts.fullRefreshRounds) || this.opts.fullRefreshRounds < 1)
       throw new RangeError(`fullRefreshRounds ${this.opts.fullRefreshRounds}: must be an integer ≥ 1`);
+    for (const key of ['concurrency', 'firstSyncConcurrency'] as const) {
+      const n = this.opts[key];
+      if (!Number.isInteger(n) || n < 1) throw new RangeError(`${key} ${n}: must be an integer ≥ 1`);
+    }
     this.refreshRoundMs = this.opts.refreshIntervalMs;
     this.reconnectDelay = this.opts.reconnectMinMs;
     this.limit = concurrencyLimit(this.opts.concurrency);
@@ -467,9 +480,15 @@ export class Registry {
     const listing = await client.listMachines();
     const epochs = new Map(listing.map((l) => [l.name, this.epochs.get(l.name) ?? 0]));
     const startedAt = new Map<string, number>();
-    const fetched = await mapLimit(listing, this.opts.concurrency, (l) => {
+    // The first sync is bounded by its own width only; later ones share `limit` with the signals.
+    const first = this.lastSyncAt === 0;
+    const width = first ? this.opts.firstSyncConcurrency : this.opts.concurrency;
+    const fetched = await mapLimit(listing, width, (l) => {
       startedAt.set(l.name, this.signalSeq);
-      return this.fetchMachine(l.name, l.path, 'after-sync').catch((err: unknown) => {
+      const fetch = first
+        ? this.fetchMachineNow(l.name, l.path, 'after-sync')
+        : this.fetchMachine(l.name, l.path, 'after-sync');
+      return fetch.catch((err: unknown) => {
         // One machine that cannot be read now does not fail the sync: keep what we knew of it
         // and try it again on its own.
         this.noteError(`machine ${l.name}: ${describe(err)}`);

@@ -60,6 +60,14 @@ class Fail extends Error {
   }
 }
 
+/** What the double does from its start, before a test could ask it over the bus (`FAKE_MACHINED_START`). */
+export interface FakeStartOptions {
+  /** Member → ms every answer to it is delayed, as `SetStallMethod` does. */
+  readonly stall?: Readonly<Record<string, number>>;
+  /** Members announced with `Received`, as `Watch` does. */
+  readonly watch?: readonly string[];
+}
+
 export class FakeMachined {
   readonly machines = new Map<string, FakeMachine>();
   /** Object path → machine: property calls find their machine without a scan (10,000 machines in benchmarks). */
@@ -77,7 +85,12 @@ export class FakeMachined {
   constructor(
     private readonly bus: MessageBus,
     private readonly stateFile: string | undefined,
-  ) {}
+    /** Stalls and watched members from the first call on (a restarted double is asked at once). */
+    from: FakeStartOptions = {},
+  ) {
+    for (const [member, ms] of Object.entries(from.stall ?? {})) this.stallByMember.set(member, ms);
+    for (const member of from.watch ?? []) this.watched.add(member);
+  }
 
   async start(): Promise<void> {
     if (this.stateFile) {
@@ -300,7 +313,8 @@ async function main(): Promise<void> {
     process.exit(1);
   });
   await new Promise<void>((resolve) => bus.once('connect', () => resolve()));
-  await new FakeMachined(bus, stateFile).start();
+  const from = process.env.FAKE_MACHINED_START;
+  await new FakeMachined(bus, stateFile, from ? (JSON.parse(from) as FakeStartOptions) : {}).start();
   process.stdout.write('ready\n');
 }
 

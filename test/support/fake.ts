@@ -11,7 +11,7 @@ import { BusConnection } from '../../src/registry-client/bus.js';
 import { Machine1Client } from '../../src/registry-client/machine1.js';
 import { parseAddress } from '../../src/registry-client/address.js';
 import { PrivateBus } from './dbus.js';
-import type { FakeMachine } from './fake-machined.js';
+import type { FakeMachine, FakeStartOptions } from './fake-machined.js';
 
 const FAKE_JS = fileURLToPath(new URL('./fake-machined.js', import.meta.url));
 const TEST_IFACE = 'org.mymachinesd.Test.FakeMachined';
@@ -38,13 +38,17 @@ export class FakeMachinedHandle {
     return this.child?.pid;
   }
 
-  /** Starts the double; it reloads the machines of its previous run and re-announces them. */
-  async startMachined(): Promise<void> {
+  /**
+   * Starts the double; it reloads the machines of its previous run and re-announces them. `from`:
+   * stalls and watched members in force from its first call (a registry resyncs at once).
+   */
+  async startMachined(from?: FakeStartOptions): Promise<void> {
     const child = spawn(
       process.execPath,
       [FAKE_JS, this.bus.address, join(this.bus.dir, 'fake-state.json')],
       {
         stdio: ['ignore', 'pipe', 'inherit'],
+        env: from ? { ...process.env, FAKE_MACHINED_START: JSON.stringify(from) } : process.env,
       },
     );
     this.child = child;
