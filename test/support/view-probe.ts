@@ -34,6 +34,11 @@ export interface ProbeMachine {
 
 export interface ProbeLine {
   event: 'ready' | 'synced' | 'change' | 'accounts';
+  /**
+   * `synced`: machined's unique name, null for a sync without machined (the bus came back first,
+   * and the last known machines stay): a test comparing with machined waits for a sync against it.
+   */
+  owner?: string | null;
   kind?: ViewChange['kind'];
   name?: string;
   t: number;
@@ -81,7 +86,7 @@ async function main(): Promise<void> {
   registry.view.onChange((c) =>
     out({ event: 'change', kind: c.kind, ...(c.kind === 'reset' ? {} : { name: c.machine.name }) }),
   );
-  registry.onSynced(() => out({ event: 'synced' }));
+  registry.onSynced(() => out({ event: 'synced', owner: registry.status().machinedOwner ?? null }));
   await registry.start();
   out({ event: 'ready' });
   // the containers' passwd and group follow the first sync in one change
