@@ -29,7 +29,14 @@ import {
   queryLines,
 } from './harness/fixture.js';
 import { describeMachine, requirePrograms } from './harness/machine.js';
-import { cpuSince, cpuTime, memory } from './harness/processes.js';
+import {
+  cpuSince,
+  cpuTime,
+  memory,
+  threadActivitySince,
+  threadMark,
+  type ThreadActivity,
+} from './harness/processes.js';
 import { quietRun, share, type QuietResult } from './harness/quiet.js';
 import { BenchReport } from './harness/report.js';
 import { startDnsmasq, startMymachinesd, startNodeCeiling, type DnsUnderTest } from './harness/servers.js';
@@ -58,6 +65,8 @@ interface Measured {
   readonly latency: LatencySummary[];
   readonly latencyLost: number[];
   readonly latencyForeign: number[];
+  /** The server's threads during each latency run. */
+  readonly latencyThreads: ThreadActivity[];
 }
 
 /** The servers must agree before they are compared: same addresses, NXDOMAIN for unknown names. */
@@ -149,6 +158,7 @@ async function main(): Promise<void> {
       latency: [],
       latencyLost: [],
       latencyForeign: [],
+      latencyThreads: [],
     }));
     const common = { queryFile, cpu: LOAD_CPU };
     // Only the measured server runs: the others are stopped (SIGSTOP, then SIGCONT), so that our
@@ -167,10 +177,11 @@ async function main(): Promise<void> {
       m: Measured,
       seconds: number,
       rate?: number,
-    ): Promise<QuietResult<{ run: DnsperfRun; cpuUsPerQuery: number }>> =>
+    ): Promise<QuietResult<{ run: DnsperfRun; cpuUsPerQuery: number; threads: ThreadActivity }>> =>
       quietRun(() =>
         alone(m, async () => {
           const before = cpuTime(m.server.pid);
+          const threadsBefore = threadMark(m.server.pid);
           const run = await dnsperf(world, {
             ...common,
             server: m.server.address,
@@ -179,7 +190,11 @@ async function main(): Promise<void> {
             ...(rate === undefined ? {} : { rate }),
           });
           const cpu = cpuSince(m.server.pid, before);
-          return { run, cpuUsPerQuery: ((cpu.userMs + cpu.systemMs) * 1000) / Math.max(1, run.completed) };
+          return {
+            run,
+            cpuUsPerQuery: ((cpu.userMs + cpu.systemMs) * 1000) / Math.max(1, run.completed),
+            threads: threadActivitySince(m.server.pid, threadsBefore),
+          };
         }),
       );
     for (const m of measured) {
@@ -206,8 +221,9 @@ async function main(): Promise<void> {
         m.latency.push(l);
         m.latencyLost.push(r.lost);
         m.latencyForeign.push(kept.foreignShare);
+        m.latencyThreads.push(kept.result.threads);
         report.progress(
-          `latency run ${run} ${m.server.label}: p50 ${num(l.p50)} p99 ${num(l.p99)} p99.9 ${num(l.p999)} ms (${l.count} answers, lost ${r.lost})`,
+          `latency run ${run} ${m.server.label}: p50 ${num(l.p50)} p99 ${num(l.p99)} p99.9 ${num(l.p999)} ms (${l.count} answers, lost ${r.lost}; main thread preempted ${kept.result.threads.mainPreempted}×)`,
         );
       }
     }
@@ -270,11 +286,34 @@ function write(report: BenchReport, measured: readonly Measured[]): void {
       num(l.p99),
       num(l.p999),
       num(l.max),
+      String(m.latencyThreads[i]?.mainPreempted ?? NaN),
+      num(m.latencyThreads[i]?.otherThreadsCpuMs ?? NaN),
       share(m.latencyForeign[i] ?? NaN),
     ]),
   );
-  report.paragraph(`Latency runs (open loop at ${knobs.rate} q/s), ms:`);
-  report.table(['server', 'run', 'answers', 'lost', 'p50', 'p90', 'p99', 'p99.9', 'max', 'others'], latRows);
+  report.paragraph(
+    `Latency runs (open loop at ${knobs.rate} q/s), ms. "preempted": how often the server's main thread lost ` +
+      `CPU ${SERVER_CPU} while it could run (nonvoluntary context switches: to its own other threads, or to ` +
+      `another process such as FakeMachined or dbus-daemon answering the address refresh); "threads ms": the ` +
+      `CPU its other threads (V8's, libuv's) took in the run:`,
+  );
+  report.table(
+    [
+      'server',
+      'run',
+      'answers',
+      'lost',
+      'p50',
+      'p90',
+      'p99',
+      'p99.9',
+      'max',
+      'preempted',
+      'threads ms',
+      'others',
+    ],
+    latRows,
+  );
   report.table(
     ['server', 'q/s', 'CPU µs/q', 'p50 ms', 'p99 ms', 'p99.9 ms', 'RSS MiB (peak)'],
     measured.map((m) => {

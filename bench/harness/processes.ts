@@ -35,6 +35,50 @@ export function cpuSince(pid: number, before: CpuTime): CpuTime {
   return { userMs: now.userMs - before.userMs, systemMs: now.systemMs - before.systemMs };
 }
 
+/**
+ * What the threads of a process did: how often its main thread was preempted (nonvoluntary context
+ * switches: another thread or process took its CPU while it could run) and the CPU its other threads
+ * (V8's and libuv's) took. On a server pinned to one CPU both delay answers.
+ */
+export interface ThreadActivity {
+  readonly mainPreempted: number;
+  readonly otherThreadsCpuMs: number;
+}
+
+function taskCpuMs(pid: number, tid: string): number {
+  const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+  const f = stat
+    .slice(stat.lastIndexOf(')') + 2)
+    .split(' ')
+    .map(Number);
+  return ((f[11] ?? 0) + (f[12] ?? 0)) * (1000 / USER_HZ);
+}
+
+export function threadMark(pid: number): { preempted: number; cpu: Map<string, number> } {
+  const status = readFileSync(`/proc/${pid}/task/${pid}/status`, 'utf8');
+  const preempted = Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? NaN);
+  const cpu = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    if (tid === String(pid)) continue;
+    try {
+      cpu.set(tid, taskCpuMs(pid, tid));
+    } catch {
+      // the thread ended between the listing and the read
+    }
+  }
+  return { preempted, cpu };
+}
+
+export type ThreadMark = ReturnType<typeof threadMark>;
+
+/** Since `before`; a thread started since counts in full, one that ended since not at all. */
+export function threadActivitySince(pid: number, before: ThreadMark): ThreadActivity {
+  const now = threadMark(pid);
+  let other = 0;
+  for (const [tid, ms] of now.cpu) other += ms - (before.cpu.get(tid) ?? 0);
+  return { mainPreempted: now.preempted - before.preempted, otherThreadsCpuMs: other };
+}
+
 export interface Memory {
   readonly rssMiB: number;
   readonly peakMiB: number;
