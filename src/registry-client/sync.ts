@@ -91,7 +91,7 @@ export interface RegistryOptions {
   readonly concurrency?: number;
   /**
    * Parallel D-Bus fetches of the first sync only, which runs before the DNS stub is started and
-   * before `ready` (userdb and control answer from the empty view meanwhile, DESIGN.md §3): nothing
+   * before `ready` (userdb and control answer from the empty view meanwhile: serve.ts): nothing
    * is served from the machines it fetches yet, so it may take the event loop that later syncs share.
    * Every later sync (machined or the bus came back) and every signal uses `concurrency`; signals
    * during the first sync add at most that many: 80 calls in flight by default, under dbus-daemon's 128.
