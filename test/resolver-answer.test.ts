@@ -454,6 +454,28 @@ test('a repeated UDP query is answered from its exact bytes, with its own ID', (
   t.deepEqual(planted, Buffer.from([0, 3, 0x81, 0x83, 0, 0, 0, 0, 0, 0, 0, 0]));
 });
 
+test('with reuse, a repeated UDP query gets the kept response itself carrying its ID; without, a copy', (t) => {
+  const z = makeZone();
+  const first = answer(query('alpha.machine', 'A', { id: 1 }), z, 'udp', true);
+  if (typeof first === 'string') return t.fail('expected bytes');
+  const firstBytes = Buffer.from(first);
+  const second = answer(query('alpha.machine', 'A', { id: 2 }), z, 'udp', true);
+  if (typeof second === 'string') return t.fail('expected bytes');
+  t.is(second.readUInt16BE(0), 2);
+  t.deepEqual(second.subarray(2), firstBytes.subarray(2), 'the same response after the ID');
+  const third = answer(query('alpha.machine', 'A', { id: 3 }), z, 'udp', true);
+  if (typeof third === 'string') return t.fail('expected bytes');
+  t.is(third, second, 'the kept bytes themselves, no copy');
+  t.is(second.readUInt16BE(0), 3, "now carrying the third asker's ID");
+  const copied = answer(query('alpha.machine', 'A', { id: 4 }), z, 'udp');
+  if (typeof copied === 'string') return t.fail('expected bytes');
+  t.not(copied, third, 'without reuse: a buffer of its own');
+  t.is(copied.readUInt16BE(0), 4);
+  t.is(third.readUInt16BE(0), 3, 'the kept bytes were not written');
+  const tcp = answer(query('alpha.machine', 'A', { id: 5 }), z, 'tcp', true);
+  t.not(tcp, third, 'TCP never gets the kept UDP bytes');
+});
+
 test('exact-bytes entries keep case, flags and EDNS apart, and collision picks stay exact', (t) => {
   const z = makeZone();
   t.deepEqual(ask(z, 'alpha.machine', 'A').answers, [

@@ -11,7 +11,10 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import dgram from 'node:dgram';
+import type { BoundListener } from '../src/resolver/server.js';
 import { dig } from './support/dig.js';
+import { query, summarize, type Summary } from './support/dns.js';
 
 const child = fileURLToPath(new URL('./support/stub-child.js', import.meta.url));
 
@@ -67,6 +70,59 @@ os.close(20)
 os.close(21)
 os.execvp(sys.argv[1], sys.argv[1:])
 `;
+
+test('replies that wait in the send queue keep their own IDs (node --test-udp-no-try-send: every UDP send is queued)', async (t) => {
+  // A kept response is sent itself with the asker's ID written into it only while no reply waits in
+  // a send queue. Here every send waits, so bursts of one question with 300 IDs must still get 300
+  // replies with 300 different IDs; had the queued replies shared the kept bytes, they would carry
+  // the last ID written.
+  const config = {
+    machines: [{ name: 'alpha', addresses: ['192.0.2.10'] }],
+    options: { listen: ['127.0.0.1:0'] },
+  };
+  const stub = spawn(process.execPath, ['--test-udp-no-try-send', child, JSON.stringify(config)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  t.teardown(() => {
+    if (stub.exitCode === null && stub.signalCode === null) stub.kill('SIGKILL');
+  });
+  const { listeners } = JSON.parse(await lineReader(stub)()) as { listeners: BoundListener[] };
+  const port = listeners.find((l) => l.transport === 'udp')?.port;
+  if (port === undefined) return t.fail('no udp listener');
+  const client = dgram.createSocket('udp4');
+  t.teardown(() => client.close());
+  await new Promise<void>((resolve) => client.bind(0, '127.0.0.1', resolve));
+  const COUNT = 300;
+  const replies = new Map<number, Summary>();
+  let received = 0;
+  const all = new Promise<void>((resolve) => {
+    client.on('message', (bytes: Buffer) => {
+      const r = summarize(bytes);
+      replies.set(r.id, r);
+      received++;
+      if (replies.size === COUNT) resolve();
+    });
+  });
+  // one warm-up question first, so that every one of the burst is answered from the kept bytes
+  client.send(query('alpha.machine', 'A', { id: 0 }), port, '127.0.0.1');
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  replies.clear();
+  // bursts of 30: the stub reads up to 32 datagrams in one turn (libuv), and the replies fit the
+  // client's receive buffer until it reads them
+  for (let id = 1; id <= COUNT; id++) {
+    client.send(query('alpha.machine', 'A', { id }), port, '127.0.0.1');
+    if (id % 30 === 0) await new Promise((resolve) => setTimeout(resolve, 30));
+  }
+  await Promise.race([all, new Promise((resolve) => setTimeout(resolve, 5_000))]);
+  t.is(replies.size, COUNT, `${replies.size} different IDs in ${received} replies`);
+  for (const [id, r] of replies) {
+    t.true(id >= 1 && id <= COUNT);
+    t.deepEqual(r.answers, ['alpha.machine 0 A 192.0.2.10']);
+  }
+  stub.kill('SIGTERM');
+  const [code] = (await once(stub, 'exit')) as [number | null];
+  t.is(code, 0);
+});
 
 test('inherited UDP and TCP sockets are served, and SIGTERM closes cleanly', async (t) => {
   if (!(await available('python3', ['-c', 'pass']))) {

@@ -200,7 +200,9 @@ export class DnsServer {
       if (this.debug) this.logger.debug(`dns: ignoring udp from ${peer.address}`);
       return;
     }
-    const reply = answer(message, this.currentZone(), 'udp');
+    // Sent at once below (the lookup is synchronous, literalLookup4/6): a kept response may be
+    // sent itself with this ID, unless a reply still waits in a send queue (it may be that one).
+    const reply = answer(message, this.currentZone(), 'udp', this.udpSendsSettled());
     if (typeof reply !== 'string') {
       socket.send(reply, peer.port, peer.address);
       return;
@@ -220,6 +222,16 @@ export class DnsServer {
         if (bytes) socket.send(bytes, peer.port, peer.address);
       }),
     );
+  }
+
+  /**
+   * Whether every UDP reply sent so far has left our buffers. libuv sends at once when it can; when
+   * the kernel refuses (EAGAIN), the send waits in the socket's queue holding the reply's bytes,
+   * which must then not be written to.
+   */
+  private udpSendsSettled(): boolean {
+    for (const s of this.udpSockets) if (s.getSendQueueCount() !== 0) return false;
+    return true;
   }
 
   private answerTcp(query: Buffer): Buffer | undefined | Promise<Buffer | undefined> {
