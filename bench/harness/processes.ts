@@ -15,13 +15,18 @@ export interface CpuTime {
   readonly systemMs: number;
 }
 
-/** utime + cutime and stime + cstime of a process, in milliseconds. */
-export function cpuTime(pid: number): CpuTime {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat
+/** The numeric fields of a stat(5) file after the comm field (field 3, state, is index 0). */
+function statFields(path: string): number[] {
+  const stat = readFileSync(path, 'utf8');
+  return stat
     .slice(stat.lastIndexOf(')') + 2)
     .split(' ')
     .map(Number);
+}
+
+/** utime + cutime and stime + cstime of a process, in milliseconds. */
+export function cpuTime(pid: number): CpuTime {
+  const f = statFields(`/proc/${pid}/stat`);
   // fields 14..17 of stat(5) are at 11..14 after the comm field
   const tick = 1000 / USER_HZ;
   return {
@@ -46,11 +51,7 @@ export interface ThreadActivity {
 }
 
 function taskCpuMs(pid: number, tid: string): number {
-  const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-  const f = stat
-    .slice(stat.lastIndexOf(')') + 2)
-    .split(' ')
-    .map(Number);
+  const f = statFields(`/proc/${pid}/task/${tid}/stat`);
   return ((f[11] ?? 0) + (f[12] ?? 0)) * (1000 / USER_HZ);
 }
 
@@ -123,11 +124,7 @@ function tree(all: ReadonlyMap<number, number>, root: number): Set<number> {
 
 function readStat(pid: number): { ppid: number; own: number; reaped: number } | undefined {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat
-      .slice(stat.lastIndexOf(')') + 2)
-      .split(' ')
-      .map(Number);
+    const f = statFields(`/proc/${pid}/stat`);
     return { ppid: f[1] ?? 0, own: (f[11] ?? 0) + (f[12] ?? 0), reaped: (f[13] ?? 0) + (f[14] ?? 0) };
   } catch {
     return undefined; // gone between readdir and read

@@ -230,7 +230,6 @@ function answerKey(query: Buffer, q: QueryFields, limit: number): string {
   return k.toString('latin1', 0, o + 7);
 }
 
-/** A copy of a kept response carrying the asker's ID. */
 /** The kept response itself, carrying the asker's ID (answer's `reuse`). */
 function setId(kept: Buffer, query: Buffer): Buffer {
   kept[0] = query[0] ?? 0;
@@ -238,6 +237,7 @@ function setId(kept: Buffer, query: Buffer): Buffer {
   return kept;
 }
 
+/** A copy of a kept response carrying the asker's ID. */
 function withId(kept: Buffer, query: Buffer): Buffer {
   // TypedArray#set, not Buffer#copy: Node 20's copy validates in JS and was 3 % of the stub's CPU
   // under load (BENCHMARKS.md, bench:dns).
