@@ -79,8 +79,17 @@ export class DaemonHandle {
     args: readonly string[],
     env: NodeJS.ProcessEnv = {},
   ): Promise<DaemonHandle> {
-    const child = await world.spawn(command, args, { env: { ...process.env, ...env } });
-    return new DaemonHandle(world, child);
+    // Listening from the spawn on: `run` starts CLIs that exit within a few hundred ms, and under
+    // load their 'close' came before world.spawn returned (the test then waited for it forever).
+    let handle: DaemonHandle | undefined;
+    await world.spawn(command, args, {
+      env: { ...process.env, ...env },
+      onSpawn: (child) => {
+        handle = new DaemonHandle(world, child);
+      },
+    });
+    if (!handle) throw new Error(`${command}: not started`);
+    return handle;
   }
 
   /** Starts it and expects it to exit (bad flags, a listener that cannot bind). */

@@ -213,11 +213,20 @@ export class World {
     return r.stdout;
   }
 
-  /** Starts a long-running process inside the world; it is stopped by dispose(). */
+  /**
+   * Starts a long-running process inside the world; it is stopped by dispose(). `onSpawn` gets the
+   * child before anything is awaited: a process that exits at once (a CLI refusing its flags) may
+   * have exited, its 'exit' and 'close' events gone, by the time the PID is recorded.
+   */
   async spawn(
     cmd: string,
     args: readonly string[] = [],
-    opts: { env?: NodeJS.ProcessEnv; mountOnly?: boolean; stdin?: 'pipe' | 'ignore' } = {},
+    opts: {
+      env?: NodeJS.ProcessEnv;
+      mountOnly?: boolean;
+      stdin?: 'pipe' | 'ignore';
+      onSpawn?: (child: ChildProcess) => void;
+    } = {},
   ): Promise<ChildProcess> {
     const child = spawn('nsenter', this.nsenterArgs(cmd, args, opts.mountOnly), {
       env: opts.env ?? process.env,
@@ -225,6 +234,7 @@ export class World {
       detached: true, // own process group: a test's Ctrl-C does not hit it before dispose does
     });
     if (child.pid === undefined) throw new Error(`cannot start ${cmd}`);
+    opts.onSpawn?.(child);
     await this.track(child.pid);
     this.started.set(child.pid, child);
     child.once('exit', () => this.started.delete(child.pid ?? -1));
