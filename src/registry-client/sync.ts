@@ -79,6 +79,14 @@ export interface RegistryOptions {
    * every leader every 2 s took 7–9 % of a core while idle and cost DNS a fifth of its q/s).
    */
   readonly leaderCheckRate?: number;
+  /**
+   * The refresh and the leader check each wake at most once in this many ms and do a batch of
+   * machines (yielding to queries every 0.25 ms): they woke once per machine, or once in 50 ms, and
+   * at 1,000 machines the wakes themselves took more of an idle daemon's CPU than the work (65
+   * against 25 ms a second with 200; BENCHMARKS.md, idle CPU). The rates still bound how many
+   * machines a second each does; a batch is at most `step` × rate of them.
+   */
+  readonly pollStepMs?: number;
   /** Deadline of each D-Bus call (GetMachineAddresses forks into the container). */
   readonly callTimeoutMs?: number;
   /**
@@ -127,6 +135,7 @@ export const DEFAULTS = {
   settleDelaysMs: [100, 250, 500, 1_000, 2_000, 4_000] as readonly number[],
   leaderCheckIntervalMs: 2_000,
   leaderCheckRate: 1_000,
+  pollStepMs: 200,
   callTimeoutMs: 5_000,
   concurrency: 16,
   firstSyncConcurrency: 64,
@@ -151,11 +160,11 @@ const LEADER_CHECK_SLICE_MS = 0.25;
  */
 const ACCOUNT_ROUNDS = 6;
 
+/** How long a batch of refreshes reads /proc before it lets queries in (as LEADER_CHECK_SLICE_MS). */
+const REFRESH_SLICE_MS = 0.25;
+
 /** Every how many leader-check rounds each leader's start time is read (see leaderRounds). */
 const LEADER_FULL_CHECK_EVERY = 5;
-
-/** A leader-check round wakes this often to check its next batch of leaders (see leaderRounds). */
-const LEADER_CHECK_STEP_MS = 50;
 
 type Fetched = { readonly kind: 'found'; readonly record: MachineRecord } | { readonly kind: 'gone' };
 
@@ -228,6 +237,7 @@ export class Registry {
       settleDelaysMs: options.settleDelaysMs ?? DEFAULTS.settleDelaysMs,
       leaderCheckIntervalMs: options.leaderCheckIntervalMs ?? DEFAULTS.leaderCheckIntervalMs,
       leaderCheckRate: options.leaderCheckRate ?? DEFAULTS.leaderCheckRate,
+      pollStepMs: options.pollStepMs ?? DEFAULTS.pollStepMs,
       callTimeoutMs: options.callTimeoutMs ?? DEFAULTS.callTimeoutMs,
       concurrency: options.concurrency ?? DEFAULTS.concurrency,
       firstSyncConcurrency: options.firstSyncConcurrency ?? DEFAULTS.firstSyncConcurrency,
@@ -238,6 +248,7 @@ export class Registry {
       throw new RangeError(`refreshRate ${this.opts.refreshRate}: must be > 0`);
     if (!(this.opts.leaderCheckRate > 0))
       throw new RangeError(`leaderCheckRate ${this.opts.leaderCheckRate}: must be > 0`);
+    if (!(this.opts.pollStepMs > 0)) throw new RangeError(`pollStepMs ${this.opts.pollStepMs}: must be > 0`);
     if (!Number.isInteger(this.opts.fullRefreshRounds) || this.opts.fullRefreshRounds < 1)
       throw new RangeError(`fullRefreshRounds ${this.opts.fullRefreshRounds}: must be an integer ≥ 1`);
     for (const key of ['concurrency', 'firstSyncConcurrency'] as const) {
@@ -977,9 +988,11 @@ export class Registry {
    * Every `fullRefreshRounds`th round reconciles with ListMachines; every round refreshes every machine once, one after the
    * other, spread evenly over the interval. The daemon serves meanwhile: a round done at once (16 at
    * a time) came as a burst of work and garbage whose scavenges and batched replies held DNS answers
-   * for milliseconds at 1,000 machines (BENCHMARKS.md, bench:dns). Refreshes are also never closer
-   * than 1/`refreshRate` s: with more machines than interval × rate (1,000 by default), a round
-   * takes N / rate seconds instead (at 10,000 machines, 1,000 calls a second took half a core of
+   * for milliseconds at 1,000 machines (BENCHMARKS.md, bench:dns). The round wakes once per
+   * `pollStepMs` and refreshes the machines whose turns fall in that step, one after the other; a
+   * batch of k machines begins no sooner than k/`refreshRate` s after the batch before: with more
+   * machines than interval × rate (1,000 by default), a round takes N / rate seconds instead (at
+   * 10,000 machines, 1,000 calls a second took half a core of
    * the daemon and 1,000 forks a second of machined: BENCHMARKS.md, bench:scale). The log says when
    * rounds are stretched, and `mymachinesd list --json` gives the round time. Every
    * `ACCOUNT_ROUNDS`th round also checks the containers' passwd and group. Machined is asked for a
@@ -993,7 +1006,7 @@ export class Registry {
   private async refreshRounds(): Promise<void> {
     const interval = this.opts.refreshIntervalMs;
     const closest = 1000 / this.opts.refreshRate;
-    let last = -Infinity; // when the latest refresh began, across rounds
+    let earliest = -Infinity; // when the next batch may begin, across rounds (the rate bound)
     await this.refreshPause.until(Date.now() + interval);
     for (let round = 1; !this.stopped; round++) {
       const began = Date.now();
@@ -1006,10 +1019,23 @@ export class Registry {
         .map((m) => m.name);
       const gap = Math.max(interval / Math.max(1, names.length), closest);
       this.noteRoundTime(names.length, gap * names.length);
+      const batch = Math.max(1, Math.floor(this.opts.pollStepMs / gap));
+      let slice = performance.now();
       for (const [i, name] of names.entries()) {
-        await this.refreshPause.until(Math.max(began + i * gap, last + closest));
+        if (i % batch === 0) {
+          // A batch may begin once the one before has had its share of the rate bound.
+          const due = Math.max(began + i * gap, earliest);
+          const waits = due > Date.now(); // behind schedule, the batch follows in the same turn
+          await this.refreshPause.until(due);
+          if (waits) slice = performance.now();
+          earliest = Date.now() + Math.min(batch, names.length - i) * closest;
+        }
+        if (performance.now() - slice > REFRESH_SLICE_MS) {
+          // procHost reads /proc synchronously: let queries in between, whatever the batch.
+          await new Promise<void>((resolve) => setImmediate(resolve));
+          slice = performance.now();
+        }
         if (this.stopped) return;
-        last = Date.now();
         // (a machine removed since the round began gets no place: it would never be dropped)
         const turn = this.table.byName(name) !== undefined && (this.turnOf(name) + round) % full === 0;
         await this.refresh(name, accounts, turn ? 'ask' : 'if-changed');
@@ -1092,7 +1118,7 @@ export class Registry {
    * process); the rounds between only ask whether the pid exists (signal 0), and read the start
    * time of those that do not: at 10,000 machines the full check every 2 s took 8 % of the daemon's
    * CPU under DNS load (BENCHMARKS.md, bench:scale), signal 0 about a tenth of that. A round is
-   * spread over its period, a batch of leaders every `LEADER_CHECK_STEP_MS`, and lasts at least
+   * spread over its period, a batch of leaders every `pollStepMs`, and lasts at least
    * N / `leaderCheckRate` s: checking 10,000 leaders every 2 s still took 7–9 % of a core while idle
    * and a fifth of the DNS q/s under load (BENCHMARKS.md, bench:scale).
    */
@@ -1114,16 +1140,19 @@ export class Registry {
           : `leader check: a dead leader is noticed within ${interval / 1000} s again`,
       );
       const gap = period / Math.max(1, names.length);
-      const batch = Math.max(1, Math.ceil(LEADER_CHECK_STEP_MS / gap));
+      const batch = Math.max(1, Math.ceil(this.opts.pollStepMs / gap));
       let slice = performance.now();
       for (const [i, name] of names.entries()) {
         if (i % batch === 0) {
           // Behind schedule (the daemon was stopped or starved), batches come at most twice as
           // often as planned, not all at once.
-          await this.leaderPause.until(Math.max(began + i * gap, lastBatch + LEADER_CHECK_STEP_MS / 2));
+          const due = Math.max(began + i * gap, lastBatch + this.opts.pollStepMs / 2);
+          const waits = due > Date.now();
+          await this.leaderPause.until(due);
+          if (waits) slice = performance.now();
           lastBatch = Date.now();
-          slice = performance.now();
-        } else if (performance.now() - slice > LEADER_CHECK_SLICE_MS) {
+        }
+        if (performance.now() - slice > LEADER_CHECK_SLICE_MS) {
           // procHost reads /proc synchronously: let queries in between, whatever the batch.
           await new Promise<void>((resolve) => setImmediate(resolve));
           slice = performance.now();
