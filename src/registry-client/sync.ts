@@ -146,11 +146,12 @@ export const DEFAULTS = {
 const NAME_OWNER_RULE = nameOwnerRule(MACHINE1_NAME);
 
 /**
- * How long the leader check reads /proc (a few µs per leader) before it lets queries in: slices of
+ * How long the leader check and a batch of refreshes read /proc (a few µs per leader, tens per
+ * container) before they let queries in: slices of
  * 256 leaders held DNS answers for over a millisecond every 2 s at 1,000 machines and made the p99
  * at 10,000 q/s 1.4–2.6 ms instead of 0.3–0.5 ms (BENCHMARKS.md, bench:dns).
  */
-const LEADER_CHECK_SLICE_MS = 0.25;
+const POLL_SLICE_MS = 0.25;
 
 /**
  * Every how many refresh rounds a container's passwd and group are checked again (a stat of each,
@@ -159,9 +160,6 @@ const LEADER_CHECK_SLICE_MS = 0.25;
  * bench:scale).
  */
 const ACCOUNT_ROUNDS = 6;
-
-/** How long a batch of refreshes reads /proc before it lets queries in (as LEADER_CHECK_SLICE_MS). */
-const REFRESH_SLICE_MS = 0.25;
 
 /** Every how many leader-check rounds each leader's start time is read (see leaderRounds). */
 const LEADER_FULL_CHECK_EVERY = 5;
@@ -992,8 +990,8 @@ export class Registry {
    * `pollStepMs` and refreshes the machines whose turns fall in that step, one after the other; a
    * batch of k machines begins no sooner than k/`refreshRate` s after the batch before: with more
    * machines than interval × rate (1,000 by default), a round takes N / rate seconds instead (at
-   * 10,000 machines, 1,000 calls a second took half a core of
-   * the daemon and 1,000 forks a second of machined: BENCHMARKS.md, bench:scale). The log says when
+   * 10,000 machines, 1,000 calls a second took half a core of the daemon and 1,000 forks a second
+   * of machined: BENCHMARKS.md, bench:scale). The log says when
    * rounds are stretched, and `mymachinesd list --json` gives the round time. Every
    * `ACCOUNT_ROUNDS`th round also checks the containers' passwd and group. Machined is asked for a
    * container's addresses when its network namespace digest changed (readAddresses), and anyway in
@@ -1030,7 +1028,7 @@ export class Registry {
           if (waits) slice = performance.now();
           earliest = Date.now() + Math.min(batch, names.length - i) * closest;
         }
-        if (performance.now() - slice > REFRESH_SLICE_MS) {
+        if (performance.now() - slice > POLL_SLICE_MS) {
           // procHost reads /proc synchronously: let queries in between, whatever the batch.
           await new Promise<void>((resolve) => setImmediate(resolve));
           slice = performance.now();
@@ -1152,7 +1150,7 @@ export class Registry {
           if (waits) slice = performance.now();
           lastBatch = Date.now();
         }
-        if (performance.now() - slice > LEADER_CHECK_SLICE_MS) {
+        if (performance.now() - slice > POLL_SLICE_MS) {
           // procHost reads /proc synchronously: let queries in between, whatever the batch.
           await new Promise<void>((resolve) => setImmediate(resolve));
           slice = performance.now();
