@@ -557,11 +557,7 @@ test('[test double] the leader check reaches every machine, also those after the
 });
 
 test('[test double] the leader check checks at most leaderCheckRate leaders a second, a batch at a time, and says when that stretches its round', async (t) => {
-  const fake = await FakeMachinedHandle.start();
-  t.teardown(() => fake.stop());
-  await fake.seed(
-    Array.from({ length: 40 }, (_, i) => fakeMachine(`m${i}`, process.pid, { timestamp: '0' })),
-  );
+  const fake = await startWithMachines(t, 40);
   const checks: number[] = [];
   const checked = new EventCount();
   const note = (): void => {
@@ -836,11 +832,7 @@ test('[test double] when the bus comes back before machined, the last known mach
 });
 
 test('[test double] --refresh-rate: a batch of k refreshes comes no sooner than k/rate s after the one before, and a round stretches to N / rate', async (t) => {
-  const fake = await FakeMachinedHandle.start();
-  t.teardown(() => fake.stop());
-  await fake.seed(
-    Array.from({ length: 10 }, (_, i) => fakeMachine(`m${i}`, process.pid, { timestamp: '0' })),
-  );
+  const fake = await startWithMachines(t, 10);
   const reads: number[] = [];
   const refreshStarts = new EventCount();
   const host: HostReader = {
@@ -893,11 +885,7 @@ test('[test double] --refresh-rate: a batch of k refreshes comes no sooner than 
 test.serial(
   '[test double] a refresh round wakes once per pollStepMs for the machines whose turns fall in it, and lets other work in between them',
   async (t) => {
-    const fake = await FakeMachinedHandle.start();
-    t.teardown(() => fake.stop());
-    await fake.seed(
-      Array.from({ length: 100 }, (_, i) => fakeMachine(`m${i}`, process.pid, { timestamp: '0' })),
-    );
+    const fake = await startWithMachines(t, 100);
     // Turns of the event loop (a setImmediate ticker), and the turn each refresh began in.
     let ticks = 0;
     let ticking = true;
@@ -951,6 +939,14 @@ test.serial(
     t.is(held, 0, `a turn of the event loop between any two refreshes (${held} without)`);
   },
 );
+
+/** FakeMachined with containers m0 … m(n-1), all led by this process. */
+async function startWithMachines(t: ExecutionContext, n: number): Promise<FakeMachinedHandle> {
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.seed(Array.from({ length: n }, (_, i) => fakeMachine(`m${i}`, process.pid, { timestamp: '0' })));
+  return fake;
+}
 
 /** FakeMachined with one container, `testct`, whose leader is this process. */
 async function startWithTestct(t: ExecutionContext): Promise<FakeMachinedHandle> {
