@@ -246,6 +246,8 @@ test('[test double] the asks of unchanged containers are staggered: each round a
     refreshIntervalMs: 300,
     settleDelaysMs: [],
     fullRefreshRounds: 3,
+    // one refresh per wake (a batch of 4 would mix asks and keeps within one sample below)
+    pollStepMs: 50,
   });
   t.teardown(() => r.stop());
   await r.start();
