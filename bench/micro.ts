@@ -17,6 +17,7 @@
 import * as dnsPacket from 'dns-packet';
 import { MachineTable } from '../src/registry-client/registry.js';
 import { answer, type Transport } from '../src/resolver/answer.js';
+import { ReplyTable } from '../src/resolver/replies.js';
 import { lookupUser } from '../src/userdb/records.js';
 import { compileZone, ZoneCompiler, type Zone, type ZonePolicy } from '../src/resolver/zone.js';
 import { machineRecord } from '../test/support/records.js';
@@ -84,7 +85,9 @@ function randomCase(seed: number): (name: string) => string {
  */
 function answers(zone: Zone, mix: readonly Buffer[], cap?: number, transport: Transport = 'udp'): number[] {
   const z: Zone =
-    cap === undefined ? zone : { ...zone, answers: new Map(), replies: new Map(), answerLimit: cap };
+    cap === undefined
+      ? zone
+      : { ...zone, answers: new Map(), replies: new ReplyTable(cap, zone.kept), answerLimit: cap };
   for (let w = 0; w < 5; w++) for (const q of mix) answer(q, z, transport);
   return time(1, () => {
     for (const q of mix) answer(q, z, transport);

@@ -1,6 +1,7 @@
 import test from 'ava';
 import { answer, EXACT_QUERY_MAX, type Transport } from '../src/resolver/answer.js';
 import { parseNet, type Net } from '../src/resolver/nets.js';
+import { ReplyTable } from '../src/resolver/replies.js';
 import { compileZone, type Zone, type ZonePolicy } from '../src/resolver/zone.js';
 import { MachineTable } from '../src/registry-client/registry.js';
 import { machineRecord, type RecordSpec } from './support/records.js';
@@ -447,9 +448,16 @@ test('a repeated UDP query is answered from its exact bytes, with its own ID', (
   t.is(repeat.readUInt16BE(0), 2);
   t.deepEqual(repeat.subarray(2), first.subarray(2));
   // The entry is what answers: a planted response comes back with the asker's ID.
-  const [key] = [...z.replies.keys()];
-  if (key === undefined) return t.fail('no entry');
-  z.replies.set(key, Buffer.from([0, 0, 0x81, 0x83, 0, 0, 0, 0, 0, 0, 0, 0]));
+  t.deepEqual(
+    [...z.replies.keys()],
+    [query('alpha.machine', 'A', { id: 1 }).subarray(2)],
+    'keyed after the ID',
+  );
+  z.replies.set(
+    query('alpha.machine', 'A', { id: 9 }),
+    Buffer.from([0, 0, 0x81, 0x83, 0, 0, 0, 0, 0, 0, 0, 0]),
+  );
+  t.is(z.replies.size, 1, 'the same key: replaced, not added');
   const planted = answer(query('alpha.machine', 'A', { id: 3 }), z, 'udp');
   t.deepEqual(planted, Buffer.from([0, 3, 0x81, 0x83, 0, 0, 0, 0, 0, 0, 0, 0]));
 });
@@ -505,7 +513,7 @@ test('exact-bytes entries: UDP only, short queries only, bounded by the answer l
   t.true(query(long, 'A').length > EXACT_QUERY_MAX);
   t.is(ask(z, long, 'A').rcode, RCODE.NXDOMAIN);
   t.is(z.replies.size, 0, `a query over ${EXACT_QUERY_MAX} bytes is not kept`);
-  const small: Zone = { ...z, replies: new Map(), answerLimit: 2 };
+  const small: Zone = { ...z, replies: new ReplyTable(2, z.kept), answerLimit: 2 };
   for (const name of ['alpha.machine', 'web.machine', 'nope.machine', 'alpha.machine']) ask(small, name, 'A');
   t.true(small.replies.size <= 2);
   t.deepEqual(ask(small, 'alpha.machine', 'A').answers, [
@@ -515,7 +523,8 @@ test('exact-bytes entries: UDP only, short queries only, bounded by the answer l
 });
 
 test('names with upper case (0x20 resolvers) are not kept by their exact bytes and evict nothing', (t) => {
-  const z: Zone = { ...makeZone(), replies: new Map(), answerLimit: 8 };
+  const base = makeZone();
+  const z: Zone = { ...base, replies: new ReplyTable(8, base.kept), answerLimit: 8 };
   ask(z, 'alpha.machine', 'A');
   const [kept] = [...z.replies.keys()];
   // Every spelling of alpha.machine with at least one upper-case letter, as a 0x20 resolver asks.

@@ -137,15 +137,12 @@ export const EXACT_QUERY_MAX = 128;
 export function answer(query: Buffer, zone: Zone, transport: Transport, reuse = false): Reply {
   if (transport !== 'udp' || query.length > EXACT_QUERY_MAX || query.length <= HEADER_SIZE)
     return answerParsed(query, zone, transport);
-  const exact = query.toString('latin1', 2);
-  const kept = zone.replies.get(exact);
+  const kept = zone.replies.get(query);
   if (kept !== undefined) return reuse ? setId(kept, query) : withId(kept, query);
   const reply = answerParsed(query, zone, transport);
   // `fields` holds this query's parse: its OPT offset and name end are reset on every parse.
-  if (typeof reply !== 'string' && !hasEdnsOptions(query, fields) && !hasUpperCase(query, fields)) {
-    if (zone.replies.size >= zone.answerLimit) zone.replies.clear();
-    zone.replies.set(exact, zone.kept.keep(reply));
-  }
+  if (typeof reply !== 'string' && !hasEdnsOptions(query, fields) && !hasUpperCase(query, fields))
+    zone.replies.set(query, reply);
   return reply;
 }
 

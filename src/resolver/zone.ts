@@ -9,6 +9,7 @@
 import type { MachineRecord, RegistryView } from '../registry-client/view.js';
 import { anyNetContains, type Net } from './nets.js';
 import { KeptBytes } from './kept.js';
+import { ReplyTable } from './replies.js';
 import { encodeName, MAX_NAME_WIRE, nameKey, nameText, reverseName, Type } from './wire.js';
 
 export interface ZonePolicy {
@@ -92,9 +93,9 @@ export interface Zone {
   readonly answers: Map<string, Buffer>;
   /**
    * Whole UDP responses by the query's exact bytes after its ID (see `answer.ts`): a repeated query
-   * costs one string and one map lookup. Same lifetime and limit as `answers`.
+   * costs a hash of its bytes and one table probe (replies.ts). Same lifetime and limit as `answers`.
    */
-  readonly replies: Map<string, Buffer>;
+  readonly replies: ReplyTable;
   /** How many entries `answers` and `replies` may each hold before it is cleared (`answerCacheLimit`). */
   readonly answerLimit: number;
   /** Where the entries of `answers` and `replies` are copied to (kept.ts). */
@@ -212,6 +213,8 @@ export class ZoneCompiler {
     }
     collisions.sort((x, y) => compareText(x.key, y.key));
     const skipped = [...state.skipped.values()].sort((x, y) => compareText(x.name, y.name));
+    const answerLimit = answerCacheLimit(state.nodes.size);
+    const kept = new KeptBytes();
     return {
       generation: view.generation,
       policy: this.policy,
@@ -222,9 +225,9 @@ export class ZoneCompiler {
       collisions,
       skipped,
       answers: new Map(),
-      replies: new Map(),
-      answerLimit: answerCacheLimit(state.nodes.size),
-      kept: new KeptBytes(),
+      replies: new ReplyTable(answerLimit, kept),
+      answerLimit,
+      kept,
     };
   }
 
