@@ -87,10 +87,8 @@ export class ReplyTable {
 
   /** The keys (each query's bytes after its ID, copied) in the order they were kept. */
   *keys(): IterableIterator<Buffer> {
-    for (let e = 0; e < this.replies.length; e++) {
-      const [from, to] = this.keyBounds(e);
-      yield Buffer.from(this.arena.subarray(from, to));
-    }
+    for (let e = 0; e < this.replies.length; e++)
+      yield Buffer.from(this.arena.subarray(this.keyStart[e] ?? 0, this.keyStart[e + 1] ?? this.arenaUsed));
   }
 
   /** The kept responses, in the order they were kept. */
@@ -117,11 +115,6 @@ export class ReplyTable {
     const arena = this.arena;
     for (let i = 0; i < n; i++) if (arena[from + i] !== query[KEY_FROM + i]) return false;
     return true;
-  }
-
-  private keyBounds(entry: number): [number, number] {
-    const from = this.keyStart[entry] ?? 0;
-    return [from, this.keyStart[entry + 1] ?? this.arenaUsed];
   }
 
   private place(entry: number, hash: number): void {
