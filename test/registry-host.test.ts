@@ -8,7 +8,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { AccountFileCache, procHost, readProcFile } from '../src/registry-client/host.js';
+import { AccountFileCache, procHost, readProcFile, statStartTime } from '../src/registry-client/host.js';
 import { startTime } from './support/world.js';
 import { tempDir } from './support/varlink.js';
 
@@ -35,6 +35,28 @@ test('startTime is the start time in /proc/PID/stat, and undefined once the proc
   child.kill('SIGKILL');
   await exited;
   t.is(await procHost.startTime(pid), undefined);
+});
+
+test('statStartTime reads field 22, counting from the last parenthesis (comm may hold spaces and parentheses)', (t) => {
+  // Fields 3..21, then 22 (starttime), then more: the shape of a real line.
+  const tail = (start: string): string =>
+    `S 1 2 3 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 ${start} 1000000 200 18446744073709551615`;
+  t.is(statStartTime(`4242 (sleep) ${tail('123456')}`), 123456);
+  t.is(statStartTime(`4242 (a b) (c) ) ${tail('99')}`), 99, 'spaces and parentheses in comm');
+  t.is(
+    statStartTime('4242 (x) S 1 2 3 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 77\n'),
+    77,
+    'ended by the newline',
+  );
+  t.is(
+    statStartTime('4242 (x) S 1 2 3 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 55'),
+    55,
+    'field 22 last on the line',
+  );
+  t.is(statStartTime('4242 (x) S 1 2 3'), undefined, 'too few fields');
+  t.is(statStartTime(`4242 x ${tail('1')}`), undefined, 'no parenthesis');
+  t.is(statStartTime(`4242 (x) ${tail('12a')}`), undefined, 'not a number');
+  t.is(statStartTime(`4242 (x) ${tail('')}`), undefined, 'an empty field is not 0');
 });
 
 test('exists is signal 0: true for a running process, false once it is gone', async (t) => {

@@ -116,6 +116,28 @@ export function readProcFile(
   }
 }
 
+/**
+ * Field 22 of a /proc/PID/stat line, the start time in clock ticks since boot, or undefined. `comm`
+ * (field 2) may hold spaces and parentheses, so fields are counted from the last ')'. Scanned in
+ * place: splitting the line made 50 strings per read, at 10,000 machines 18 MB in the first sync and
+ * 1,000 reads a second in the leader check's full checks.
+ */
+export function statStartTime(line: string): number | undefined {
+  const close = line.lastIndexOf(')');
+  if (close < 0) return undefined;
+  let from = close + 2; // field 3, after ") "
+  for (let field = 3; field < 22; field++) {
+    const space = line.indexOf(' ', from);
+    if (space < 0) return undefined;
+    from = space + 1;
+  }
+  let end = from;
+  while (end < line.length && line.charCodeAt(end) >= 0x30 && line.charCodeAt(end) <= 0x39) end++;
+  // Digits, ended by the next field, the line's newline or its end.
+  if (end === from || (end < line.length && line[end] !== ' ' && line[end] !== '\n')) return undefined;
+  return Number(line.slice(from, end));
+}
+
 export const procHost: HostReader = {
   exists(pid) {
     try {
@@ -164,10 +186,7 @@ export const procHost: HostReader = {
 
   startTime(pid) {
     const file = readProcFile(`/proc/${pid}/stat`);
-    if (!file.ok) return Promise.resolve(undefined);
-    // comm may contain spaces and parentheses: fields start after the last ')'
-    const value = Number(file.text.slice(file.text.lastIndexOf(')') + 2).split(' ')[19]);
-    return Promise.resolve(Number.isFinite(value) ? value : undefined);
+    return Promise.resolve(file.ok ? statStartTime(file.text) : undefined);
   },
 
   async readAccounts(pid, rootDirectory, which) {
