@@ -1018,21 +1018,14 @@ export class Registry {
       const gap = Math.max(interval / Math.max(1, names.length), closest);
       this.noteRoundTime(names.length, gap * names.length);
       const batch = Math.max(1, Math.floor(this.opts.pollStepMs / gap));
-      let slice = performance.now();
+      const slices = new RoundSlices(this.refreshPause);
       for (const [i, name] of names.entries()) {
         if (i % batch === 0) {
           // A batch may begin once the one before has had its share of the rate bound.
-          const due = Math.max(began + i * gap, earliest);
-          const waits = due > Date.now(); // behind schedule, the batch follows in the same turn
-          await this.refreshPause.until(due);
-          if (waits) slice = performance.now();
+          await slices.batchAt(Math.max(began + i * gap, earliest));
           earliest = Date.now() + Math.min(batch, names.length - i) * closest;
         }
-        if (performance.now() - slice > POLL_SLICE_MS) {
-          // procHost reads /proc synchronously: let queries in between, whatever the batch.
-          await new Promise<void>((resolve) => setImmediate(resolve));
-          slice = performance.now();
-        }
+        await slices.letQueriesIn();
         if (this.stopped) return;
         // (a machine removed since the round began gets no place: it would never be dropped)
         const turn = this.table.byName(name) !== undefined && (this.turnOf(name) + round) % full === 0;
@@ -1139,22 +1132,15 @@ export class Registry {
       );
       const gap = period / Math.max(1, names.length);
       const batch = Math.max(1, Math.ceil(this.opts.pollStepMs / gap));
-      let slice = performance.now();
+      const slices = new RoundSlices(this.leaderPause);
       for (const [i, name] of names.entries()) {
         if (i % batch === 0) {
           // Behind schedule (the daemon was stopped or starved), batches come at most twice as
           // often as planned, not all at once.
-          const due = Math.max(began + i * gap, lastBatch + this.opts.pollStepMs / 2);
-          const waits = due > Date.now();
-          await this.leaderPause.until(due);
-          if (waits) slice = performance.now();
+          await slices.batchAt(Math.max(began + i * gap, lastBatch + this.opts.pollStepMs / 2));
           lastBatch = Date.now();
         }
-        if (performance.now() - slice > POLL_SLICE_MS) {
-          // procHost reads /proc synchronously: let queries in between, whatever the batch.
-          await new Promise<void>((resolve) => setImmediate(resolve));
-          slice = performance.now();
-        }
+        await slices.letQueriesIn();
         if (this.stopped) return;
         const m = this.table.byName(name);
         if (!m || m.class === 'host' || !m.leaderAlive) continue;
@@ -1191,6 +1177,30 @@ export class Registry {
   private noteError(message: string): void {
     this.lastError = message;
     this.options.logger.warn(message);
+  }
+}
+
+/**
+ * The pacing inside one round of the refresh or the leader check: each batch waits for its time, and
+ * between machines the round lets queries in once it has held the event loop for POLL_SLICE_MS
+ * (procHost reads /proc synchronously), whatever the batch. A batch that waited begins a fresh slice;
+ * one behind schedule follows in the same turn, in the slice it is in.
+ */
+class RoundSlices {
+  private start = performance.now();
+
+  constructor(private readonly pause: Pause) {}
+
+  async batchAt(due: number): Promise<void> {
+    const waits = due > Date.now();
+    await this.pause.until(due);
+    if (waits) this.start = performance.now();
+  }
+
+  async letQueriesIn(): Promise<void> {
+    if (performance.now() - this.start <= POLL_SLICE_MS) return;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    this.start = performance.now();
   }
 }
 
