@@ -162,6 +162,16 @@ test('resolve of an unknown machine exits 1 with one line', async (t) => {
   t.is(r.stdout, '');
 });
 
+test('serve brings its heap back to its live data and limits its growth after the first sync and the DNS stub, before ready', (t) => {
+  const { lines } = (t.context as Ctx).daemon;
+  const at = (re: RegExp): number => lines.findIndex((l) => re.test(l));
+  const synced = at(/synced \d+ machine\(s\)/);
+  const dns = at(/dns: listening on udp/);
+  const heap = at(/heap: [\d.]+ MB in use after a full collection \(\d+ ms\), growth limited from now on$/);
+  const ready = at(/>ready$/);
+  t.true(synced >= 0 && dns > synced && heap > dns && ready > heap, lines.join('\n'));
+});
+
 test('list shows every machine with its id ranges and addresses; --json gives the same machines', async (t) => {
   const r = await cli(t, 'list');
   t.is(r.code, 0, r.lines.join('\n'));

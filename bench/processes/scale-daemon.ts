@@ -11,7 +11,7 @@
 import { mkdir } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { parseArgs } from 'node:util';
-import { limitHeapGrowth } from '../../src/daemon/heap.js';
+import { describeSettledHeap, settleHeap } from '../../src/daemon/heap.js';
 import { createLogger, withPrefix } from '../../src/log.js';
 import { Registry } from '../../src/registry-client/sync.js';
 import { DnsServer } from '../../src/resolver/index.js';
@@ -32,7 +32,6 @@ async function main(): Promise<void> {
   const { bus, dns: listen, userdb: userdbPath } = values;
   if (bus === undefined || listen === undefined || userdbPath === undefined)
     throw new Error('usage: scale-daemon.js --bus ADDRESS --dns HOST:PORT --userdb PATH');
-  limitHeapGrowth(); // as serve() does
   const logger = createLogger('info');
   const hour = 3_600_000;
   const registry = new Registry({
@@ -53,6 +52,7 @@ async function main(): Promise<void> {
   await registry.start();
   const dns = new DnsServer({ view: registry.view, logger, listen: [listen] });
   await dns.start();
+  logger.info(describeSettledHeap(settleHeap())); // as serve() does
   logger.info('ready');
 
   await new Promise<void>((resolve) => {

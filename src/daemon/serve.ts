@@ -28,7 +28,7 @@ import { VarlinkServer } from '../varlink/server.js';
 import { ActivationError, inheritedSockets, type InheritedSocket } from './activation.js';
 import type { ServeConfig } from './config.js';
 import { controlInterface } from './control-service.js';
-import { limitHeapGrowth } from './heap.js';
+import { describeSettledHeap, settleHeap } from './heap.js';
 import { notify } from './notify.js';
 import { ResolvedRegistration } from './resolved.js';
 
@@ -66,7 +66,6 @@ export async function serve(
   config: ServeConfig,
   logger: Logger = createLogger(config.logLevel),
 ): Promise<number> {
-  limitHeapGrowth();
   let inherited: InheritedSocket[];
   try {
     inherited = inheritedSockets();
@@ -183,7 +182,9 @@ export async function serve(
       );
     }
 
-    // 5. ready
+    // 5. ready, on a heap brought back to its live data, whose growth is limited from now on
+    // (heap.ts: not during the first sync and the first zone, where it only grows)
+    logger.info(describeSettledHeap(settleHeap()));
     logger.info('ready');
     await notify('READY=1', logger);
 
