@@ -219,10 +219,8 @@ test('[test double] machined is asked for a container whose network namespace ch
   t.teardown(() => r.stop());
   await r.start();
   t.deepEqual(addressesOf(r.view, 'busy'), ['192.0.2.50']);
-  t.is(r.status().addressCalls, 2, 'the first sync asks for both');
-  // The first sync takes no digest, so round 1 asks for both again and takes each one's first.
-  await poll(() => r.status().addressCalls >= 4, 1_500);
   const calls = r.status().addressCalls;
+  t.is(calls, 2, 'the first sync asks for both');
   await fake.setAddresses('quiet', ['192.0.2.41']);
   await fake.setAddresses('busy', ['192.0.2.51']);
   digests.set(busy, 'B2'); // only busy's namespace changed
@@ -257,41 +255,15 @@ test('[test double] the asks of unchanged containers are staggered: each round a
   // refreshes come 50 ms apart: sampled every 2 ms, each is seen on its own
   const sequence: string[] = [];
   let seen = { calls: calls0, kept: kept0 };
-  while (sequence.length < 24) {
+  while (sequence.length < 18) {
     await new Promise((resolve) => setTimeout(resolve, 2));
     const s = r.status();
     for (let k = seen.calls; k < s.addressCalls; k++) sequence.push('ask');
     for (let k = seen.kept; k < s.addressesKept; k++) sequence.push('kept');
     seen = { calls: s.addressCalls, kept: s.addressesKept };
   }
-  const rounds = [0, 1, 2, 3].map((k) => sequence.slice(k * 6, k * 6 + 6).filter((x) => x === 'ask').length);
-  // round 1 asks for all six: the first sync took no digest to keep their addresses by
-  t.deepEqual(rounds, [6, 2, 2, 2], sequence.join(' '));
-});
-
-test('[test double] the first sync takes no network namespace digest; a machine registered later is fetched with one', async (t) => {
-  const fake = await FakeMachinedHandle.start();
-  t.teardown(() => fake.stop());
-  await fake.seed(['f0', 'f1', 'f2'].map((n) => fakeMachine(n, process.pid)));
-  const digestsOf: string[] = [];
-  const host: HostReader = {
-    ...procHost,
-    networkState: (pid) => {
-      digestsOf.push(String(pid));
-      return 'unchanged';
-    },
-  };
-  // no refresh round in this test: only the fetches take digests
-  const r = registry(fake.busAddress, { host, refreshIntervalMs: 3_600_000, settleDelaysMs: [] });
-  t.teardown(() => r.stop());
-  await r.start();
-  t.is(r.status().addressCalls, 3, 'the first sync asks machined for every container');
-  // Its digests would be the baseline of round 1 only, and round 1 asks every container anyway
-  // instead (the digest of 10,000 namespaces was a third of the first sync's CPU: BENCHMARKS.md).
-  t.deepEqual(digestsOf, [], 'and reads no digest');
-  await fake.register('late');
-  await until(r.view, (v) => v.byName('late') !== undefined, 3_000);
-  t.deepEqual(digestsOf, [String(process.pid)], 'a MachineNew fetch takes the digest before it asks');
+  const rounds = [0, 1, 2].map((k) => sequence.slice(k * 6, k * 6 + 6).filter((x) => x === 'ask').length);
+  t.deepEqual(rounds, [2, 2, 2], sequence.join(' '));
 });
 
 test('[test double] a container is asked once in N rounds even while machines before it come and go', async (t) => {
@@ -337,10 +309,7 @@ test('[test double] a container is asked once in N rounds even while machines be
   t.teardown(() => r.stop());
   await r.start();
   t.deepEqual(addressesOf(r.view, 'x'), ['192.0.2.70']);
-  // The first sync takes no digest, so round 1 asks for x anyway; count from x's refresh in round 2,
-  // which begins after round 1's ask of x has been answered.
-  await poll(() => refreshesOfX >= 2, 3_000);
-  const synced = refreshesOfX;
+  const synced = refreshesOfX; // the first sync reads the digest too
   // a change the digest cannot see: only x's turn to be asked finds it
   await fake.setAddresses('x', ['192.0.2.71']);
   const rounds = (): number => refreshesOfX - synced;
@@ -1045,9 +1014,8 @@ test('[test double] between turns, the refresh after a user namespace changed re
     ...procHost,
     networkState: () => {
       events.push('digest');
-      // the first digest is round 1's (the first sync takes none): the namespace changes after that
-      // refresh looked at it
-      if (digests(events) === 1) {
+      // the second digest is round 1's: the namespace changes after that refresh looked at it
+      if (digests(events) === 2) {
         namespace = 'user:[4026532999]';
         outer = 400000;
       }
@@ -1065,11 +1033,10 @@ test('[test double] between turns, the refresh after a user namespace changed re
   await r.start();
   await until(r.view, (v) => v.ownerOfUid(401000)?.machine.name === 'testct', 3_000);
   t.is(r.view.ownerOfUid(301000), undefined);
-  // changed during round 1 (the first digest): read in round 1 or 2, not left to round 6
-  t.is(events[0], 'maps', 'the first sync reads the maps, and no digest');
-  const reread = events.indexOf('maps', 1);
+  // changed during round 1 (the second digest): read in round 1 or 2, not left to round 6
+  const reread = events.indexOf('maps', 2);
   t.true(reread > 0, events.join(' '));
-  t.true(digests(events.slice(0, reread)) <= 2, events.join(' '));
+  t.true(digests(events.slice(0, reread)) <= 3, events.join(' '));
 });
 
 test('[test double] between account rounds, a refresh reads the passwd and group that could not be read before', async (t) => {
@@ -1085,9 +1052,9 @@ test('[test double] between account rounds, a refresh reads the passwd and group
     readIdMap: () => mapAt(300000),
     readAccounts: (_pid, _root, which) => {
       if (which === 'passwd') events.push('accounts');
-      // unreadable for the first sync's read (which takes no digest), readable from then on
+      // unreadable for the first sync's read (after the first digest), readable from then on
       return Promise.resolve(
-        digests(events) === 0
+        digests(events) <= 1
           ? { kind: 'unreadable', reason: 'EIO' }
           : {
               kind: 'ok',
@@ -1102,8 +1069,8 @@ test('[test double] between account rounds, a refresh reads the passwd and group
   t.teardown(() => r.stop());
   await r.start();
   await until(r.view, (v) => v.byName('testct')?.innerUsers?.[0]?.name === 'alice', 3_000);
-  // the first sync's read failed; round 1 (the first digest) reads again, not round 6
-  t.deepEqual(events.slice(0, 3), ['accounts', 'digest', 'accounts'], events.join(' '));
+  // the first sync's read failed; round 1 (the second digest) reads again, not round 6
+  t.deepEqual(events.slice(0, 4), ['digest', 'accounts', 'digest', 'accounts'], events.join(' '));
 });
 
 test("[test double] the first sync does not wait for containers' passwd and group: they follow in one change", async (t) => {

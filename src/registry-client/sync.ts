@@ -496,7 +496,7 @@ export class Registry {
     const fetched = await mapLimit(listing, width, (l) => {
       startedAt.set(l.name, this.signalSeq);
       const fetch = first
-        ? this.fetchMachineNow(l.name, l.path, 'after-sync', 'ask-without-digest')
+        ? this.fetchMachineNow(l.name, l.path, 'after-sync')
         : this.fetchMachine(l.name, l.path, 'after-sync');
       return fetch.catch((err: unknown) => {
         // One machine that cannot be read now does not fail the sync: keep what we knew of it
@@ -592,7 +592,6 @@ export class Registry {
     name: string,
     knownPath: string | undefined,
     accounts: AccountsWhen,
-    addresses: AddressesWhen = 'ask',
   ): Promise<Fetched> {
     const client = this.client;
     if (!client) throw new Error('not connected');
@@ -652,7 +651,6 @@ export class Registry {
       { ...base, leaderAlive: cls === 'host' || leaderStart !== undefined },
       sameLeader ? known : undefined,
       accounts,
-      addresses,
     );
     return { kind: 'found', record };
   }
@@ -670,7 +668,7 @@ export class Registry {
     addresses: AddressesWhen = 'ask',
   ): Promise<MachineRecord> {
     const [read, ids] = await Promise.all([
-      this.readAddresses(record, addresses),
+      this.readAddresses(record, addresses === 'if-changed'),
       this.readIds(record, known, accounts),
     ]);
     return { ...record, ...read, ...ids };
@@ -838,14 +836,13 @@ export class Registry {
   }
 
   /**
-   * 'if-changed' (a refresh of the record in the table): the record's addresses, which are
+   * `keepIfUnchanged` (a refresh of the record in the table): the record's addresses, which are
    * machined's latest answer, are kept without a call while the leader's network namespace digest
-   * is still the one taken before that answer. 'ask-without-digest' (the first sync) asks and
-   * takes no digest, so the container's first refresh round asks again.
+   * is still the one taken before that answer.
    */
   private async readAddresses(
     record: MachineRecord,
-    when: AddressesWhen,
+    keepIfUnchanged = false,
   ): Promise<Pick<MachineRecord, 'addresses' | 'addressSource' | 'addressError' | 'addressesCheckedAt'>> {
     if (!record.leaderAlive)
       return {
@@ -877,10 +874,10 @@ export class Registry {
     const client = this.client;
     if (!client) throw new Error('not connected');
     // Taken before the call: a change after it shows as a different digest next time.
-    const digest = when === 'ask-without-digest' ? undefined : this.host.networkState?.(record.leader);
+    const digest = this.host.networkState?.(record.leader);
     const before = this.netStates.get(record.name);
     if (
-      when === 'if-changed' &&
+      keepIfUnchanged &&
       digest !== undefined &&
       before?.digest === digest &&
       before.leader === record.leader
@@ -1243,17 +1240,8 @@ type HeldEvent =
   /** The resync could not fetch this machine: fetch it on its own. */
   | { readonly kind: 'retry'; readonly name: string; readonly path: string };
 
-/**
- * Whether a fetch or refresh asks machined for a container's addresses: always ('ask', taking the
- * network namespace digest first), only when that digest changed ('if-changed'), or always without
- * taking it ('ask-without-digest': the first sync). A digest is only ever the baseline of the
- * container's next refresh round; without one that round asks, as every container's turn does
- * once in `fullRefreshRounds`. Taking it for every container in the first sync cost a readlink,
- * two /proc reads and a hash each (about 35 µs; 0.35 s or more of the daemon's CPU at 10,000
- * machines), before `ready`, to spare machined one ask per container in round 1 (BENCHMARKS.md,
- * bench:scale).
- */
-type AddressesWhen = 'ask' | 'if-changed' | 'ask-without-digest';
+/** Whether a refresh asks machined for a container's addresses: always, or only when its netns changed. */
+type AddressesWhen = 'ask' | 'if-changed';
 
 /**
  * When a fetch or refresh reads the container's passwd and group: 'now'; 'after-sync' (a resync:
