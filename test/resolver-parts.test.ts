@@ -5,7 +5,8 @@ import { parseListenAddress, resolveConfig } from '../src/resolver/config.js';
 import { DNS_ERRORS } from '../src/resolver/errors.js';
 import { FrameReader, type Frame } from '../src/resolver/framing.js';
 import { ClientFilter, netContains, parseNet, peerAddressBytes } from '../src/resolver/nets.js';
-import { encodeName, reverseName } from '../src/resolver/wire.js';
+import { encodeName, nameKey, reverseKey } from '../src/resolver/wire.js';
+import { prng } from './support/prng.js';
 import { parseAddress } from '../src/registry-client/address.js';
 import { MachineTable } from '../src/registry-client/registry.js';
 import { silentLogger } from '../src/log.js';
@@ -128,12 +129,47 @@ test('names that DNS cannot carry are not encoded', (t) => {
   t.is(encodeName('ünï'), undefined);
 });
 
+/** The oracle of reverseKey: `d.c.b.a.in-addr.arpa` (RFC 1035 §3.5) or the 32-nibble `ip6.arpa` name (RFC 3596 §2.5). */
+function reverseName(bytes: Uint8Array): string {
+  const parts: string[] = [];
+  if (bytes.length === 4) {
+    for (let i = 3; i >= 0; i--) parts.push(String(bytes[i] ?? 0));
+    return `${parts.join('.')}.in-addr.arpa`;
+  }
+  for (let i = bytes.length - 1; i >= 0; i--) {
+    const b = bytes[i] ?? 0;
+    parts.push((b & 0x0f).toString(16), (b >> 4).toString(16));
+  }
+  return `${parts.join('.')}.ip6.arpa`;
+}
+
 test('reverse names are built per RFC 1035 §3.5 and RFC 3596 §2.5', (t) => {
   t.is(reverseName(Buffer.from([192, 0, 2, 10])), '10.2.0.192.in-addr.arpa');
   t.is(
     reverseName(parseAddress('2001:db8::567:89ab') ?? Buffer.alloc(0)),
     'b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa',
   );
+});
+
+test('reverseKey writes the key of the reverse name straight from the bytes, the same as through the dotted name', (t) => {
+  const detour = (bytes: Uint8Array): string => nameKey(encodeName(reverseName(bytes)) ?? Buffer.alloc(0));
+  t.is(reverseKey(Buffer.from([192, 0, 2, 10])), '\x0210\x012\x010\x03192\x07in-addr\x04arpa\x00');
+  // every octet value, in each position (one, two and three digits)
+  for (let b = 0; b < 256; b++) {
+    const bytes = Buffer.from([b, 255 - b, b % 10, (b * 7) % 256]);
+    t.is(reverseKey(bytes), detour(bytes), [...bytes].join('.'));
+  }
+  const random = prng(20261206);
+  for (let n = 0; n < 2000; n++) {
+    const bytes = Buffer.from(Array.from({ length: 16 }, () => Math.floor(random() * 256)));
+    const key = reverseKey(bytes);
+    if (key !== detour(bytes)) return t.fail(`${bytes.toString('hex')}: ${String(key)}`);
+  }
+  const v6 = parseAddress('2001:DB8::567:89AB') ?? Buffer.alloc(0);
+  t.is(reverseKey(v6), detour(v6));
+  t.is(reverseKey(Buffer.alloc(16, 0xff)), detour(Buffer.alloc(16, 0xff)));
+  for (const length of [0, 3, 5, 15, 17])
+    t.is(reverseKey(Buffer.alloc(length)), undefined, `${length} bytes`);
 });
 
 test('every outcome maps to its RCODE', (t) => {

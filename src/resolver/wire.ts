@@ -139,18 +139,42 @@ export function nameText(wire: Buffer, start = 0): string {
   return labels.length === 0 ? '.' : `${labels.join('.')}.`;
 }
 
-/** `d.c.b.a.in-addr.arpa` (RFC 1035 §3.5) or the 32-nibble `ip6.arpa` name (RFC 3596 §2.5). */
-export function reverseName(bytes: Uint8Array): string {
-  const parts: string[] = [];
+const IN_ADDR_ARPA = Buffer.from('\x07in-addr\x04arpa\x00', 'latin1');
+const IP6_ARPA = Buffer.from('\x03ip6\x04arpa\x00', 'latin1');
+const HEX_DIGIT = Buffer.from('0123456789abcdef', 'latin1');
+/** Room for the longest reverse key: 32 nibble labels (64 bytes) and `ip6.arpa` (10). */
+const reverseScratch = Buffer.alloc(80);
+
+/**
+ * The map key (`nameKey`) of an address's reverse name, `d.c.b.a.in-addr.arpa` (RFC 1035 §3.5) or
+ * the 32-nibble `ip6.arpa` name (RFC 3596 §2.5), written straight from its bytes: the same string
+ * as encoding the dotted name and lower-casing it, without the dotted text, its 34 parts, the wire
+ * buffer and its lower-cased copy. That detour was a quarter of compiling a zone of 10,000
+ * machines. Undefined for a length other than 4 or 16.
+ */
+export function reverseKey(bytes: Uint8Array): string | undefined {
+  let off = 0;
   if (bytes.length === 4) {
-    for (let i = 3; i >= 0; i--) parts.push(String(bytes[i] ?? 0));
-    return `${parts.join('.')}.in-addr.arpa`;
-  }
-  for (let i = bytes.length - 1; i >= 0; i--) {
-    const b = bytes[i] ?? 0;
-    parts.push((b & 0x0f).toString(16), (b >> 4).toString(16));
-  }
-  return `${parts.join('.')}.ip6.arpa`;
+    for (let i = 3; i >= 0; i--) {
+      const b = bytes[i] ?? 0;
+      const digits = b >= 100 ? 3 : b >= 10 ? 2 : 1;
+      reverseScratch[off++] = digits;
+      if (digits === 3) reverseScratch[off++] = 0x30 + Math.floor(b / 100);
+      if (digits >= 2) reverseScratch[off++] = 0x30 + (Math.floor(b / 10) % 10);
+      reverseScratch[off++] = 0x30 + (b % 10);
+    }
+    off += IN_ADDR_ARPA.copy(reverseScratch, off);
+  } else if (bytes.length === 16) {
+    for (let i = 15; i >= 0; i--) {
+      const b = bytes[i] ?? 0;
+      reverseScratch[off++] = 1;
+      reverseScratch[off++] = HEX_DIGIT[b & 0x0f] ?? 0;
+      reverseScratch[off++] = 1;
+      reverseScratch[off++] = HEX_DIGIT[b >> 4] ?? 0;
+    }
+    off += IP6_ARPA.copy(reverseScratch, off);
+  } else return undefined;
+  return reverseScratch.toString('latin1', 0, off);
 }
 
 // ---- queries ----------------------------------------------------------------------------------

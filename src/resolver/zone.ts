@@ -10,7 +10,7 @@ import type { MachineRecord, RegistryView } from '../registry-client/view.js';
 import { anyNetContains, type Net } from './nets.js';
 import { KeptBytes } from './kept.js';
 import { ReplyTable } from './replies.js';
-import { encodeName, MAX_NAME_WIRE, nameKey, nameText, reverseName, Type } from './wire.js';
+import { encodeName, MAX_NAME_WIRE, nameKey, nameText, reverseKey, Type } from './wire.js';
 
 export interface ZonePolicy {
   /** Lower-case, no trailing dot, validated (`resolveConfig`). */
@@ -400,9 +400,8 @@ export class ZoneCompiler {
       skipped: undefined,
       fqdnKey: nameKey(fqdn),
       bareKey: served.labelCount === 1 && bareKey !== this.apexKey ? bareKey : undefined,
-      reverseKeys: served.any.map((rdata) =>
-        nameKey(encodeName(reverseName(rdata.rdata)) ?? Buffer.from([0])),
-      ),
+      // RDATA is 4 or 16 bytes (serveMachine), so every address has its key
+      reverseKeys: served.any.map((rdata) => reverseKey(rdata.rdata) ?? ''),
     };
   }
 }
