@@ -7,10 +7,11 @@
  * machines (BENCHMARKS.md, bench:scale and bench:dns). V8 reads the factor at each collection.
  *
  * The limit applies from `ready` on (`settleHeap`), not during the first sync and the first zone:
- * there the live data grows from nothing to all of it, and a heap allowed 20 % past its last live
- * size needed a full collection every 20 % of growth (13 of them in the first sync of 10,000
- * machines, most of its 0.8 s of GC). One full collection when the daemon is ready (about 50–80 ms
- * at 10,000 machines) brings the heap back to its live data before the limit takes over.
+ * there the live data grows from nothing to all of it (about 58 MB at 10,000 machines), and a heap
+ * allowed 20 % past its last live size needed a full collection every 20 % of growth: 14 before
+ * `ready` at 10,000 machines (`--trace-gc`), 4 with the limit from `ready` on, and 0.2–0.4 s less
+ * from spawn to `ready` (BENCHMARKS.md). One full collection when the daemon is ready (about
+ * 50–80 ms at 10,000 machines) brings the heap back to its live data before the limit takes over.
  */
 import v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
