@@ -6,10 +6,31 @@ import test from 'ava';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import { FakeMachinedHandle } from './support/fake.js';
 import { startTime, World } from './support/world.js';
+
+/** Processes whose parent is this one (from /proc), by command name. */
+async function children(comm: string): Promise<number[]> {
+  const found: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat: string;
+    try {
+      stat = await readFile(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      continue; // gone meanwhile
+    }
+    const close = stat.lastIndexOf(')');
+    const name = stat.slice(stat.indexOf('(') + 1, close);
+    const ppid = Number(stat.slice(close + 2).split(' ')[1]);
+    if (name === comm && ppid === process.pid) found.push(Number(entry));
+  }
+  return found;
+}
 
 const ORPHAN_JS = fileURLToPath(new URL('./support/world-orphan.js', import.meta.url));
 
@@ -52,4 +73,19 @@ test('a World whose holder cannot start (a file to replace that does not exist) 
   const dir = /its directory (\S+) removed/.exec(err?.message ?? '')?.[1];
   t.truthy(dir, err?.message);
   t.false(existsSync(dir ?? ''), `${dir ?? ''} is gone`);
+});
+
+// serial: it changes NODE_OPTIONS for the double it starts, and counts this process's dbus-daemons
+test.serial('a FakeMachined that cannot start leaves no dbus-daemon and no double behind', async (t) => {
+  const before = await children('dbus-daemon');
+  const saved = process.env.NODE_OPTIONS;
+  process.env.NODE_OPTIONS = '--cpu-prof'; // refused in NODE_OPTIONS: the double's node exits at once
+  try {
+    await t.throwsAsync(FakeMachinedHandle.start(), { message: /fake machined did not start/ });
+  } finally {
+    if (saved === undefined) delete process.env.NODE_OPTIONS;
+    else process.env.NODE_OPTIONS = saved;
+  }
+  t.deepEqual(await children('dbus-daemon'), before);
+  t.deepEqual(await children('node'), []);
 });

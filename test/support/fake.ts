@@ -22,11 +22,21 @@ export class FakeMachinedHandle {
 
   private constructor(readonly bus: PrivateBus) {}
 
-  /** On its own private bus, or on `bus` (which the caller stops). */
+  /**
+   * On its own private bus, or on `bus` (which the caller stops). When the double does not start,
+   * nothing is left running: the double is killed if it still runs, and a bus of its own stopped
+   * (a failed start left its dbus-daemon behind, which nobody held a handle to).
+   */
   static async start(opts: { running?: boolean; bus?: PrivateBus } = {}): Promise<FakeMachinedHandle> {
     const bus = opts.bus ?? (await PrivateBus.start());
     const fake = new FakeMachinedHandle(bus);
-    if (opts.running ?? true) await fake.startMachined();
+    try {
+      if (opts.running ?? true) await fake.startMachined();
+    } catch (err) {
+      await fake.killMachined();
+      if (opts.bus === undefined) await bus.stop();
+      throw err;
+    }
     return fake;
   }
 
