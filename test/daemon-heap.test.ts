@@ -43,7 +43,7 @@ test('settleHeap runs one full collection that brings the heap back to its live 
 
 test('a heap limited to 20 % growth from the start needs more full collections to build the same live data than one limited after it', async (t) => {
   // Why serve settles the heap at `ready` and not when it starts: the first sync builds all of the
-  // live data, and each 20 % of growth under the limit was a full collection (13 at 10,000 machines).
+  // live data, and each 20 % of growth under the limit was a full collection (14 at 10,000 machines).
   const limitedFirst = await child('start');
   const limitedAfter = await child('end');
   t.true(

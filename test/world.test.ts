@@ -6,28 +6,23 @@ import test from 'ava';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { FakeMachinedHandle } from './support/fake.js';
 import { startTime, World } from './support/world.js';
 
-/** Processes whose parent is this one (from /proc), by command name. */
+/**
+ * This process's children with the command name `comm`. The kernel lists a thread's children in
+ * /proc/PID/task/TID/children; Node spawns from its main thread, whose TID is the PID.
+ */
 async function children(comm: string): Promise<number[]> {
+  const listed = await readFile(`/proc/${process.pid}/task/${process.pid}/children`, 'utf8');
   const found: number[] = [];
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let stat: string;
-    try {
-      stat = await readFile(`/proc/${entry}/stat`, 'utf8');
-    } catch {
-      continue; // gone meanwhile
-    }
-    const close = stat.lastIndexOf(')');
-    const name = stat.slice(stat.indexOf('(') + 1, close);
-    const ppid = Number(stat.slice(close + 2).split(' ')[1]);
-    if (name === comm && ppid === process.pid) found.push(Number(entry));
+  for (const pid of listed.split(' ').filter((p) => p !== '')) {
+    const name = await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => undefined); // gone meanwhile
+    if (name?.trim() === comm) found.push(Number(pid));
   }
   return found;
 }
