@@ -16,7 +16,9 @@ import {
   badObjectPathArgument,
   canEncode,
   decodeBody,
+  decodePropertiesBody,
   encodeCall,
+  PropertyValues,
   type WireMessage,
 } from '../src/registry-client/dbus-wire.js';
 import { prng } from './support/prng.js';
@@ -153,6 +155,70 @@ test('a variant comes out as a dbus-next Variant, ay as a Buffer that does not s
   const value: unknown = id?.value;
   t.true(Buffer.isBuffer(value));
   if (Buffer.isBuffer(value)) t.not(value.buffer, bytes.buffer);
+});
+
+test('decodePropertiesBody: an a{sv} reply as PropertyValues, each value and signature what the Variant dbus-next hands out has', (t) => {
+  for (const c of REPLIES) {
+    const bytes = reference(MessageKind.METHOD_RETURN, c.signature, c.body);
+    const read = decodePropertiesBody(readOne(bytes));
+    if (c.signature !== 'a{sv}') {
+      t.deepEqual(read, decodeBody(readOne(bytes)), `${c.title}: as decodeBody`);
+      continue;
+    }
+    const theirs = compat.messageToJsFmt(dbusMessage.unmarshall(bytes, { ayBuffer: true })).body as [
+      Record<string, Variant>,
+    ];
+    const [props] = read;
+    if (!(props instanceof PropertyValues)) return t.fail(`${c.title}: ${String(props)}`);
+    t.deepEqual(Object.keys(props.values), Object.keys(theirs[0]));
+    for (const [key, variant] of Object.entries(theirs[0])) {
+      t.deepEqual(props.values[key], variant.value, key);
+      t.is(props.signatures[key], variant.signature, key);
+    }
+  }
+  // the same dict in a big-endian message, and a nested variant kept as a Variant
+  const nested = reference(MessageKind.METHOD_RETURN, 'a{sv}', [{ V: new Variant('v', new Variant('u', 5)) }]);
+  const [p] = decodePropertiesBody(readOne(nested));
+  t.true(p instanceof PropertyValues);
+  if (p instanceof PropertyValues) {
+    t.is(p.signatures.V, 'v');
+    t.deepEqual(p.values.V, new Variant('u', 5));
+  }
+});
+
+test('decodePropertiesBody: an ERROR reply and an a{sv} that is not the whole body are read as decodeBody reads them', (t) => {
+  const error = readOne(
+    reference(MessageKind.ERROR, 's', ['No such object'], {
+      errorName: 'org.freedesktop.DBus.Error.UnknownObject',
+    }),
+  );
+  t.deepEqual(decodePropertiesBody(error), ['No such object']);
+  const two = readOne(reference(MessageKind.METHOD_RETURN, 'a{sv}s', [{ A: new Variant('s', 'x') }, 'y']));
+  t.deepEqual(decodePropertiesBody(two), decodeBody(two));
+  // trailing bytes after the dict: refused as decodeBody refuses them
+  const one = readOne(reference(MessageKind.METHOD_RETURN, 'a{sv}', [{ A: new Variant('s', 'x') }]));
+  const longer = { ...one, body: Buffer.concat([one.body, Buffer.alloc(4)]) };
+  t.throws(() => decodeBody(longer), { instanceOf: WireError });
+  t.throws(() => decodePropertiesBody(longer), { instanceOf: WireError });
+});
+
+test('decodePropertiesBody: a "__proto__" property is an own one, not the prototype', (t) => {
+  const m = readOne(reference(MessageKind.METHOD_RETURN, 'a{sv}', [{}]));
+  // { "__proto__": <u 1> } written by hand: key, then variant signature "u", then the value
+  const body = Buffer.alloc(8 + 4 + 10 + 3 + 3 + 4);
+  let o = body.writeUInt32LE(body.length - 8, 0) + 4; // array length (elements start at 8)
+  o = body.writeUInt32LE(9, o);
+  o += body.write('__proto__\0', o, 'latin1');
+  o = body.writeUInt8(1, o);
+  o += body.write('u\0', o, 'latin1');
+  o += 3; // align to 4
+  body.writeUInt32LE(1, o);
+  const [p] = decodePropertiesBody({ ...m, body });
+  if (!(p instanceof PropertyValues)) return t.fail(String(p));
+  t.deepEqual(Object.keys(p.values), ['__proto__']);
+  t.is(Object.getPrototypeOf(p.values), Object.prototype);
+  t.is(p.values.__proto__, 1);
+  t.is(p.signatures.__proto__, 'u');
 });
 
 test('an ERROR message carries its name and text', (t) => {
@@ -413,7 +479,10 @@ test('malformed input is a WireError, never another exception', (t) => {
     const flips = 1 + Math.floor(random() * 4);
     for (let f = 0; f < flips; f++) bytes[Math.floor(random() * bytes.length)] = Math.floor(random() * 256);
     try {
-      for (const m of new MessageReader().push(bytes)) decodeBody(m);
+      for (const m of new MessageReader().push(bytes)) {
+        decodePropertiesBody(m);
+        decodeBody(m);
+      }
     } catch (err) {
       if (!(err instanceof WireError)) return t.fail(`case ${i}: ${String(err)}`);
       wireErrors++;

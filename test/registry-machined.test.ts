@@ -6,6 +6,7 @@ import test from 'ava';
 import { performance } from 'node:perf_hooks';
 import { readFile } from 'node:fs/promises';
 import { parseIdMap } from '../src/registry-client/idmap.js';
+import { MACHINE_PROPERTY_SIGNATURES, machineObjectPath } from '../src/registry-client/machine1.js';
 import { machinedTruth, type TruthMachine } from './support/busctl.js';
 import { LAB_MACHINES, MachinedLab } from './support/machined-lab.js';
 import { ProbeHandle } from './support/probe.js';
@@ -112,6 +113,27 @@ test.serial('the view equals what busctl reports for the five lab machines, maps
     ['root'],
   );
   t.is(probe.machine('charlie')?.innerUsers, null, 'no user namespace: no accounts of its own');
+});
+
+test.serial("machined 252 gives every Machine property the signature the registry reads it by without its schema", async (t) => {
+  const { lab } = ctx(t);
+  const names = Object.keys(MACHINE_PROPERTY_SIGNATURES);
+  for (const machine of ['alpha', 'echo']) {
+    const r = await lab.exec('busctl', [
+      '--no-pager', '--json=short', 'get-property', 'org.freedesktop.machine1',
+      machineObjectPath(machine), 'org.freedesktop.machine1.Machine', ...names,
+    ]); // prettier-ignore
+    t.is(r.code, 0, r.stderr);
+    const types = r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as { type: string }).type);
+    t.deepEqual(
+      Object.fromEntries(names.map((n, i) => [n, types[i]])),
+      MACHINE_PROPERTY_SIGNATURES,
+      machine,
+    );
+  }
 });
 
 test.serial('a VM gets the addresses of the neighbour entries on its interface', async (t) => {

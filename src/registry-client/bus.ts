@@ -111,6 +111,11 @@ export interface CallSpec {
   /** Do not bus-activate the destination (polls must not wake machined: reference/peers.md §5.2). */
   readonly noAutoStart?: boolean;
   readonly timeoutMs?: number;
+  /**
+   * How a reply over the lean connection is read (default `decodeBody`), e.g.
+   * `decodePropertiesBody`. Replies through dbus-next always come in dbus-next's shapes.
+   */
+  readonly readBody?: (reply: WireMessage) => unknown[];
 }
 
 /** A received signal, reduced to what routing needs. */
@@ -359,7 +364,7 @@ export class BusConnection {
       what,
       spec.timeoutMs,
       sent.reply,
-      (reply) => replyBody(reply, what),
+      (reply) => replyBody(reply, what, spec.readBody ?? decodeBody),
       (err) =>
         err instanceof WireError
           ? new BusError('InvalidArgs', `${what}: ${err.message}`)
@@ -479,10 +484,10 @@ export class BusConnection {
 }
 
 /** A reply's body; an ERROR message becomes its BusError (text: its first string argument). */
-function replyBody(reply: WireMessage, what: string): unknown[] {
+function replyBody(reply: WireMessage, what: string, read: (reply: WireMessage) => unknown[]): unknown[] {
   let body: unknown[];
   try {
-    body = decodeBody(reply);
+    body = read(reply);
   } catch (err) {
     if (err instanceof WireError) throw new BusError('BadReply', `${what}: malformed reply: ${err.message}`);
     throw err;

@@ -9,7 +9,8 @@
  */
 import { Variant } from '@particle/dbus-next';
 import { z } from 'zod';
-import { BusError, matchRule, type BusConnection, type BusSignal } from './bus.js';
+import { BusError, matchRule, type BusConnection, type BusSignal, type CallSpec } from './bus.js';
+import { decodePropertiesBody, PropertyValues } from './dbus-wire.js';
 
 export const MACHINE1_NAME = 'org.freedesktop.machine1';
 export const MACHINE1_PATH = '/org/freedesktop/machine1';
@@ -36,9 +37,14 @@ const machineListReply = z.tuple([machineList]);
 /**
  * Properties.GetAll's `a{sv}`, checked without copying it: a zod record of variants built a second
  * object per reply before the properties' own schema built a third (24 of the 514 MB the first
- * sync of 10,000 machines allocated; BENCHMARKS.md).
+ * sync of 10,000 machines allocated; BENCHMARKS.md). Over the lean connection it arrives as
+ * PropertyValues (no Variants at all; `decodePropertiesBody`).
  */
-const propertiesReply = z.tuple([z.custom<Record<string, Variant>>(isVariantRecord)]);
+const propertiesReply = z.tuple([
+  z.custom<Record<string, Variant> | PropertyValues>(
+    (value) => value instanceof PropertyValues || isVariantRecord(value),
+  ),
+]);
 const signalBody = z.tuple([str, str]);
 
 /** One entry of `ListMachines`: (name, class, service, object path). */
@@ -86,6 +92,50 @@ export const machinePropertiesSchema = z.object({
   State: str,
 });
 export type MachineProperties = z.infer<typeof machinePropertiesSchema>;
+
+/**
+ * The signature systemd gives each Machine property (src/machine/machine-dbus.c; checked against
+ * machined 252 in test/registry-machined.test.ts). Each fixes the type the schema checks: `s` a
+ * string, `u` an integer in 0…2^32-1, `t` a bigint, `ay` a Buffer, `ai` integers.
+ */
+export const MACHINE_PROPERTY_SIGNATURES = {
+  Name: 's',
+  Id: 'ay',
+  Timestamp: 't',
+  TimestampMonotonic: 't',
+  Service: 's',
+  Unit: 's',
+  Leader: 'u',
+  Class: 's',
+  RootDirectory: 's',
+  NetworkInterfaces: 'ai',
+  State: 's',
+} as const satisfies Record<keyof MachineProperties, string>;
+const PROPERTY_SIGNATURES: readonly [string, string][] = Object.entries(MACHINE_PROPERTY_SIGNATURES);
+
+/**
+ * A Machine's properties straight from their values, when every one has the signature systemd
+ * gives it: the schema would have nothing left to check. undefined when any is missing or of
+ * another type: the schema decides then.
+ */
+function machinePropertiesBySignature(p: PropertyValues): MachineProperties | undefined {
+  const s = p.signatures;
+  const v = p.values;
+  for (const [key, signature] of PROPERTY_SIGNATURES) if (s[key] !== signature) return undefined;
+  return {
+    Name: v.Name as string,
+    Id: v.Id as Buffer,
+    Timestamp: v.Timestamp as bigint,
+    TimestampMonotonic: v.TimestampMonotonic as bigint,
+    Service: v.Service as string,
+    Unit: v.Unit as string,
+    Leader: v.Leader as number,
+    Class: v.Class as string,
+    RootDirectory: v.RootDirectory as string,
+    NetworkInterfaces: v.NetworkInterfaces as number[],
+    State: v.State as string,
+  };
+}
 
 export const managerPropertiesSchema = z.object({ PoolPath: str, PoolUsage: u64, PoolLimit: u64 });
 export type ManagerProperties = z.infer<typeof managerPropertiesSchema>;
@@ -381,7 +431,7 @@ export class Machine1Client {
   // ---- Machine objects ----------------------------------------------------------------------------
 
   async machineProperties(path: string, opts?: Machine1CallOptions): Promise<MachineProperties> {
-    return this.getAll(path, MACHINE_INTERFACE, machinePropertiesSchema, opts);
+    return this.getAll(path, MACHINE_INTERFACE, machinePropertiesSchema, opts, machinePropertiesBySignature);
   }
 
   async machineProperty<K extends keyof MachineProperties>(
@@ -494,6 +544,7 @@ export class Machine1Client {
     body: readonly unknown[],
     reply: T,
     opts: Machine1CallOptions = {},
+    readBody?: CallSpec['readBody'],
   ): Promise<z.infer<T>> {
     const noAutoStart = opts.noAutoStart ?? this.defaults.noAutoStart;
     const timeoutMs = opts.timeoutMs ?? this.defaults.timeoutMs;
@@ -506,6 +557,7 @@ export class Machine1Client {
       body,
       ...(noAutoStart === undefined ? {} : { noAutoStart }),
       ...(timeoutMs === undefined ? {} : { timeoutMs }),
+      ...(readBody === undefined ? {} : { readBody }),
     });
     const parsed = reply.safeParse(raw);
     if (!parsed.success)
@@ -518,6 +570,8 @@ export class Machine1Client {
     iface: string,
     schema: T,
     opts?: Machine1CallOptions,
+    /** The properties without the schema, when their signatures already say what it checks. */
+    bySignature?: (p: PropertyValues) => z.infer<T> | undefined,
   ): Promise<z.infer<T>> {
     const [props] = await this.call(
       path,
@@ -527,9 +581,18 @@ export class Machine1Client {
       [iface],
       propertiesReply,
       opts,
+      decodePropertiesBody,
     );
-    const values: Record<string, unknown> = {};
-    for (const key of Object.keys(props)) values[key] = props[key]?.value;
+    let values: Readonly<Record<string, unknown>>;
+    if (props instanceof PropertyValues) {
+      const typed = bySignature?.(props);
+      if (typed !== undefined) return typed;
+      values = props.values;
+    } else {
+      const unwrapped: Record<string, unknown> = {};
+      for (const key of Object.keys(props)) unwrapped[key] = props[key]?.value;
+      values = unwrapped;
+    }
     const parsed = schema.safeParse(values);
     if (!parsed.success)
       throw new BusError('BadReply', `${iface} properties of ${path} do not have the documented types`);
