@@ -10,7 +10,7 @@ import { once } from 'node:events';
 import { memoryLogger } from '../src/log.js';
 import { BusConnection, isBusError } from '../src/registry-client/bus.js';
 import { procHost, type AccountsRead, type HostReader, type MapRead } from '../src/registry-client/host.js';
-import { Registry, type RegistryOptions } from '../src/registry-client/sync.js';
+import { DEFAULTS, Registry, type RegistryOptions } from '../src/registry-client/sync.js';
 import type { RegistryView } from '../src/registry-client/view.js';
 import { PrivateBus } from './support/dbus.js';
 import { EventCount } from './support/event-count.js';
@@ -777,6 +777,48 @@ test('[test double] the first sync fetches firstSyncConcurrency machines at a ti
   await synced;
   t.true(calls.length >= 80, `the resync fetched every machine (${calls.length} calls)`);
   t.is(atOnce(), 16, 'a resync, while serving: 16 in flight');
+});
+
+test("[test double] the default widths stay within dbus-daemon's 128 pending replies per connection: a first sync with registrations arriving meanwhile fetches every machine", async (t) => {
+  // dbus-daemon (system bus) refuses a call beyond 128 pending replies of one connection: with a
+  // first-sync width of 256 only 6,202 of 10,000 machines synced. The first sync's fetches and the
+  // fetches of signals that arrive during it share the lean connection.
+  const MAX_PENDING_REPLIES = 128;
+  t.true(DEFAULTS.firstSyncConcurrency + DEFAULTS.concurrency <= MAX_PENDING_REPLIES);
+  const STALL_MS = 800;
+  const WINDOW_MS = 600;
+  const fake = await FakeMachinedHandle.start();
+  t.teardown(() => fake.stop());
+  await fake.seed(Array.from({ length: 200 }, (_, i) => fakeMachine(`m${i}`, process.pid)));
+  const listener = await BusConnection.open(fake.busAddress);
+  t.teardown(() => listener.close());
+  await listener.addMatch("type='signal',interface='org.mymachinesd.Test.FakeMachined',member='Received'");
+  const calls: number[] = [];
+  let first: () => void = () => undefined;
+  const firstCall = new Promise<void>((resolve) => (first = resolve));
+  listener.onSignal((s) => {
+    if (s.member !== 'Received' || s.body[0] !== 'GetAll') return;
+    calls.push(performance.now());
+    first();
+  });
+  await fake.stall('GetAll', STALL_MS);
+  await fake.watch('GetAll');
+  const logger = memoryLogger();
+  const r = new Registry({ busAddress: fake.busAddress, logger, refreshIntervalMs: 60_000, settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  const started = r.start();
+  await firstCall;
+  // registered while the first sync's fetches are stalled: their MachineNew signals arrive meanwhile
+  await Promise.all(Array.from({ length: 40 }, (_, i) => fake.register(`late${i}`)));
+  await started;
+  await until(r.view, (v) => v.all().length === 240, 20_000);
+  const atOnce = calls.filter((at) => at < (calls[0] ?? 0) + WINDOW_MS).length;
+  t.true(atOnce >= DEFAULTS.firstSyncConcurrency, `${atOnce} GetAll in flight at once`);
+  t.true(atOnce <= MAX_PENDING_REPLIES, `${atOnce} GetAll in flight at once`);
+  t.deepEqual(
+    logger.lines.filter((l) => /LimitsExceeded|maximum number of pending replies|machine \S+: /.test(l)),
+    [],
+  );
 });
 
 test('Registry refuses a fetch width that is not a whole number ≥ 1 (0 would sync nothing)', (t) => {
