@@ -109,13 +109,13 @@ export interface CallSpec {
   readonly signature?: string;
   readonly body?: readonly unknown[];
   /** Do not bus-activate the destination (polls must not wake machined: reference/peers.md §5.2). */
-  readonly noAutoStart?: boolean;
-  readonly timeoutMs?: number;
+  readonly noAutoStart?: boolean | undefined;
+  readonly timeoutMs?: number | undefined;
   /**
    * How a reply over the lean connection is read (default `decodeBody`), e.g.
    * `decodePropertiesBody`. Replies through dbus-next always come in dbus-next's shapes.
    */
-  readonly readBody?: (reply: WireMessage) => unknown[];
+  readonly readBody?: ((reply: WireMessage) => unknown[]) | undefined;
 }
 
 /** A received signal, reduced to what routing needs. */

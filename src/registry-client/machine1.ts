@@ -546,8 +546,6 @@ export class Machine1Client {
     opts: Machine1CallOptions = {},
     readBody?: CallSpec['readBody'],
   ): Promise<z.infer<T>> {
-    const noAutoStart = opts.noAutoStart ?? this.defaults.noAutoStart;
-    const timeoutMs = opts.timeoutMs ?? this.defaults.timeoutMs;
     const raw = await this.bus.call({
       destination: MACHINE1_NAME,
       path,
@@ -555,9 +553,9 @@ export class Machine1Client {
       member,
       signature,
       body,
-      ...(noAutoStart === undefined ? {} : { noAutoStart }),
-      ...(timeoutMs === undefined ? {} : { timeoutMs }),
-      ...(readBody === undefined ? {} : { readBody }),
+      noAutoStart: opts.noAutoStart ?? this.defaults.noAutoStart,
+      timeoutMs: opts.timeoutMs ?? this.defaults.timeoutMs,
+      readBody,
     });
     const parsed = reply.safeParse(raw);
     if (!parsed.success)
