@@ -177,7 +177,9 @@ test('decodePropertiesBody: an a{sv} reply as PropertyValues, each value and sig
     }
   }
   // the same dict in a big-endian message, and a nested variant kept as a Variant
-  const nested = reference(MessageKind.METHOD_RETURN, 'a{sv}', [{ V: new Variant('v', new Variant('u', 5)) }]);
+  const nested = reference(MessageKind.METHOD_RETURN, 'a{sv}', [
+    { V: new Variant('v', new Variant('u', 5)) },
+  ]);
   const [p] = decodePropertiesBody(readOne(nested));
   t.true(p instanceof PropertyValues);
   if (p instanceof PropertyValues) {

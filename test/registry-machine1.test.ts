@@ -83,42 +83,50 @@ async function schemaParses(work: () => Promise<unknown>): Promise<number> {
   return parses;
 }
 
-test.serial('GetAll asks the lean connection for PropertyValues; with systemd signatures they are the properties without the schema', async (t) => {
-  const specs: CallSpec[] = [];
-  const client = new Machine1Client({
-    call: (spec) => {
-      specs.push(spec);
-      return Promise.resolve([asPropertyValues({ ...good, Extra: new Variant('s', 'ignored') })]);
-    },
-  });
-  let props: MachineProperties | undefined;
-  const parses = await schemaParses(async () => {
-    props = await client.machineProperties('/org/freedesktop/machine1/machine/alpha');
-  });
-  t.is(parses, 0);
-  t.is(specs[0]?.readBody, decodePropertiesBody);
-  t.is(specs[0]?.member, 'GetAll');
-  // the same object the schema makes of dbus-next's variants: unknown properties left out
-  t.deepEqual(props, await answering([good]).machineProperties('/org/freedesktop/machine1/machine/alpha'));
-});
+test.serial(
+  'GetAll asks the lean connection for PropertyValues; with systemd signatures they are the properties without the schema',
+  async (t) => {
+    const specs: CallSpec[] = [];
+    const client = new Machine1Client({
+      call: (spec) => {
+        specs.push(spec);
+        return Promise.resolve([asPropertyValues({ ...good, Extra: new Variant('s', 'ignored') })]);
+      },
+    });
+    let props: MachineProperties | undefined;
+    const parses = await schemaParses(async () => {
+      props = await client.machineProperties('/org/freedesktop/machine1/machine/alpha');
+    });
+    t.is(parses, 0);
+    t.is(specs[0]?.readBody, decodePropertiesBody);
+    t.is(specs[0]?.member, 'GetAll');
+    // the same object the schema makes of dbus-next's variants: unknown properties left out
+    t.deepEqual(props, await answering([good]).machineProperties('/org/freedesktop/machine1/machine/alpha'));
+  },
+);
 
-test.serial('PropertyValues with another signature than systemd gives go through the schema: what it accepts is kept, the rest is BadReply', async (t) => {
-  const path = '/org/freedesktop/machine1/machine/alpha';
-  // Leader as int32: not what systemd sends, but a valid uid_t value, so the schema takes it
-  let props: MachineProperties | undefined;
-  const parses = await schemaParses(async () => {
-    props = await answering([asPropertyValues({ ...good, Leader: new Variant('i', 4242) })]).machineProperties(path);
-  });
-  t.is(parses, 1);
-  t.is(props?.Leader, 4242);
-  const bad: [string, Record<string, Variant>][] = [
-    ['a property of another type', { ...good, Leader: new Variant('s', '4242') }],
-    ['a negative Leader', { ...good, Leader: new Variant('i', -1) }],
-    ['a property missing', Object.fromEntries(Object.entries(good).filter(([k]) => k !== 'State'))],
-    ['NetworkInterfaces as bytes', { ...good, NetworkInterfaces: new Variant('ay', Buffer.from([7])) }],
-  ];
-  for (const [what, dict] of bad) {
-    const err = await t.throwsAsync(answering([asPropertyValues(dict)]).machineProperties(path));
-    t.true(isBusError(err, 'BadReply'), `${what}: ${String(err)}`);
-  }
-});
+test.serial(
+  'PropertyValues with another signature than systemd gives go through the schema: what it accepts is kept, the rest is BadReply',
+  async (t) => {
+    const path = '/org/freedesktop/machine1/machine/alpha';
+    // Leader as int32: not what systemd sends, but a valid uid_t value, so the schema takes it
+    let props: MachineProperties | undefined;
+    const parses = await schemaParses(async () => {
+      props = await answering([
+        asPropertyValues({ ...good, Leader: new Variant('i', 4242) }),
+      ]).machineProperties(path);
+    });
+    t.is(parses, 1);
+    t.is(props?.Leader, 4242);
+    const bad: [string, Record<string, Variant>][] = [
+      ['a property of another type', { ...good, Leader: new Variant('s', '4242') }],
+      ['a negative Leader', { ...good, Leader: new Variant('i', -1) }],
+      ['a property missing', Object.fromEntries(Object.entries(good).filter(([k]) => k !== 'State'))],
+      ['NetworkInterfaces as bytes', { ...good, NetworkInterfaces: new Variant('ay', Buffer.from([7])) }],
+    ];
+    for (const [what, dict] of bad) {
+      const err = await t.throwsAsync(answering([asPropertyValues(dict)]).machineProperties(path));
+      t.true(isBusError(err, 'BadReply'), `${what}: ${String(err)}`);
+    }
+  },
+);

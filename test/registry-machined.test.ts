@@ -115,26 +115,29 @@ test.serial('the view equals what busctl reports for the five lab machines, maps
   t.is(probe.machine('charlie')?.innerUsers, null, 'no user namespace: no accounts of its own');
 });
 
-test.serial("machined 252 gives every Machine property the signature the registry reads it by without its schema", async (t) => {
-  const { lab } = ctx(t);
-  const names = Object.keys(MACHINE_PROPERTY_SIGNATURES);
-  for (const machine of ['alpha', 'echo']) {
-    const r = await lab.exec('busctl', [
+test.serial(
+  'machined 252 gives every Machine property the signature the registry reads it by without its schema',
+  async (t) => {
+    const { lab } = ctx(t);
+    const names = Object.keys(MACHINE_PROPERTY_SIGNATURES);
+    for (const machine of ['alpha', 'echo']) {
+      const r = await lab.exec('busctl', [
       '--no-pager', '--json=short', 'get-property', 'org.freedesktop.machine1',
       machineObjectPath(machine), 'org.freedesktop.machine1.Machine', ...names,
     ]); // prettier-ignore
-    t.is(r.code, 0, r.stderr);
-    const types = r.stdout
-      .trim()
-      .split('\n')
-      .map((l) => (JSON.parse(l) as { type: string }).type);
-    t.deepEqual(
-      Object.fromEntries(names.map((n, i) => [n, types[i]])),
-      MACHINE_PROPERTY_SIGNATURES,
-      machine,
-    );
-  }
-});
+      t.is(r.code, 0, r.stderr);
+      const types = r.stdout
+        .trim()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as { type: string }).type);
+      t.deepEqual(
+        Object.fromEntries(names.map((n, i) => [n, types[i]])),
+        MACHINE_PROPERTY_SIGNATURES,
+        machine,
+      );
+    }
+  },
+);
 
 test.serial('a VM gets the addresses of the neighbour entries on its interface', async (t) => {
   const { lab, probe } = ctx(t);

@@ -804,7 +804,12 @@ test("[test double] the default widths stay within dbus-daemon's 128 pending rep
   await fake.stall('GetAll', STALL_MS);
   await fake.watch('GetAll');
   const logger = memoryLogger();
-  const r = new Registry({ busAddress: fake.busAddress, logger, refreshIntervalMs: 60_000, settleDelaysMs: [] });
+  const r = new Registry({
+    busAddress: fake.busAddress,
+    logger,
+    refreshIntervalMs: 60_000,
+    settleDelaysMs: [],
+  });
   t.teardown(() => r.stop());
   const started = r.start();
   await firstCall;

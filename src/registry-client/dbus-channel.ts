@@ -222,7 +222,10 @@ export class CallChannel {
     try {
       const flags = c.noAutoStart ? NO_AUTO_START : 0;
       const { destination, path, member, signature } = c;
-      bytes = encodeCall({ serial, destination, path, interface: c.interface, member, signature, flags }, c.body);
+      bytes = encodeCall(
+        { serial, destination, path, interface: c.interface, member, signature, flags },
+        c.body,
+      );
     } catch (err) {
       const wire = err instanceof WireError ? err : new WireError(`cannot write the call: ${String(err)}`);
       return { serial, reply: Promise.reject(wire) };
