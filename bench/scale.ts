@@ -50,7 +50,8 @@ const IDLE_SECONDS = 10;
 const USERDB_TURNS = 5;
 const SERVER_CPU = 0;
 const LOAD_CPU = 1;
-const SCALE_DAEMON_JS = join(REPO, 'dist/bench/processes/scale-daemon.js');
+/** Bundled as bin/mymachinesd's daemon is (scripts/bundle.mjs), so its start-up is the shipped one. */
+const SCALE_DAEMON_JS = join(REPO, 'dist/bench/processes/scale-daemon.bundle.mjs');
 const USERDB = '/run/mymachinesd-bench/io.mymachinesd.Machine';
 
 interface SizeResult {
@@ -418,7 +419,7 @@ async function main(): Promise<void> {
   report.paragraph(
     `Setup: FakeMachined (TEST DOUBLE of machined, Node + dbus-next) on a private dbus-daemon, seeded with N ` +
       `containers (one IPv4 + one IPv6 address each) before the daemon starts. Ours: the BENCH-ONLY entry ` +
-      `\`bench/processes/scale-daemon.ts\` (Registry + userdb + DNS stub wired as \`serve\` does, defaults: ` +
+      `\`bench/processes/scale-daemon.ts\`, bundled as the shipped daemon is (Registry + userdb + DNS stub wired as \`serve\` does, defaults: ` +
       `refresh every 10 s but at most 100 machines a second, leader check every 2 s (start time every fifth), ${DEFAULTS.firstSyncConcurrency} D-Bus fetches at a time in the first sync and ${DEFAULTS.concurrency} after it) with a synthetic uid/gid map source whose /proc reads ` +
       `still happen; pinned to CPU ${SERVER_CPU}. "ready" is from spawn to the \`ready\` line (Node start-up ` +
       `included), "sync" the registry's own figure, "accounts" its figure for reading every container's passwd and group, which only enumeration needs, after \`ready\`. "idle CPU": the daemon's CPU per second over ${IDLE_SECONDS} s without queries, from ${IDLE_AFTER_MS / 1000} s after its spawn (polling only). DNS: dnsperf on CPU ${LOAD_CPU}, ${knobs.runs} × ` +

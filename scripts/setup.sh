@@ -6,7 +6,7 @@
 #    systemd-resolved replaces /etc/resolv.conf: both files are backed up first and restored, so
 #    the host's name resolution is exactly as before. Maintainer scripts may not start services.
 # 2. `npm ci` when node_modules is missing or older than package-lock.json.
-# 3. The TypeScript build (dist/).
+# 3. The TypeScript build (dist/), then the daemon's bundles (scripts/bundle.mjs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -88,3 +88,4 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
 fi
 log "build"
 npx --no-install tsc -p tsconfig.json
+node scripts/bundle.mjs

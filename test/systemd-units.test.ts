@@ -107,13 +107,19 @@ test('the service is Type=notify with NotifyAccess=all, needs its sockets, and b
   t.deepEqual(service.all('Service', 'MemoryDenyWriteExecute'), []);
 });
 
-test('npm pack ships the unit files', async (t) => {
+test('npm pack ships the unit files and the bundled daemon', async (t) => {
   const r = await run('npm', ['pack', '--dry-run', '--json', '--ignore-scripts']);
   t.is(r.code, 0, r.stderr);
   const packed = JSON.parse(r.stdout) as { files: { path: string }[] }[];
   const paths = packed[0]?.files.map((f) => f.path) ?? [];
   for (const unit of [SERVICE_UNIT, ...SOCKET_UNITS]) t.true(paths.includes(`units/${unit}`), unit);
   t.true(paths.includes('bin/mymachinesd'));
+  // bin/mymachinesd loads the bundle (scripts/bundle.mjs), which needs nothing else of dist/
+  t.true(paths.includes('dist/mymachinesd.mjs'));
+  t.deepEqual(
+    paths.filter((p) => p.startsWith('dist/')),
+    ['dist/mymachinesd.mjs', 'dist/mymachinesd.mjs.map'],
+  );
 });
 
 test('the documented install puts the command where ExecStart= expects it, and verify accepts the installed units', async (t) => {

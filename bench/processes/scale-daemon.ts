@@ -4,7 +4,10 @@
  * `ready`), but with a synthetic HostReader, because 10,000 real user namespaces are too heavy for a
  * benchmark. Not a product entry point: no control socket, no socket activation, no resolved.
  *
- *   node scale-daemon.js --bus ADDRESS --dns HOST:PORT --userdb PATH [--no-polling]
+ *   node scale-daemon.bundle.mjs --bus ADDRESS --dns HOST:PORT --userdb PATH [--no-polling]
+ *
+ * bench:scale starts the bundle scripts/bundle.mjs makes of this file, as bin/mymachinesd starts
+ * the daemon's (dist/mymachinesd.mjs): the same start-up as the shipped daemon.
  *
  * The synthetic HostReader: ../harness/synthetic-host.ts.
  */
