@@ -8,7 +8,7 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { watch } from 'node:fs';
-import { access, mkdir, statfs, watch as watchEvents, writeFile } from 'node:fs/promises';
+import { access, mkdir, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -530,21 +530,34 @@ export function pathExists(path: string): Promise<boolean> {
   );
 }
 
-/** Resolves once a path is gone, watching its directory (no polling). */
+/**
+ * Resolves once a path is gone, watching its directory (no polling). The watch starts before the
+ * first look, as in waitForPath: fs/promises' watch() only starts on the iterator's first next(),
+ * so a path removed between a first look and that call was waited for until the timeout (seen once
+ * in a full run: daemon-cli's control socket "still there after 10000 ms").
+ */
 export async function waitForPathGone(path: string, timeoutMs = 10_000): Promise<void> {
   const dir = path.slice(0, path.lastIndexOf('/'));
-  const name = path.slice(path.lastIndexOf('/') + 1);
-  const stop = new AbortController();
-  const timer = setTimeout(() => stop.abort(), timeoutMs);
-  try {
-    const events = watchEvents(dir, { signal: stop.signal });
-    if (!(await pathExists(path))) return;
-    for await (const event of events) if (event.filename === name && !(await pathExists(path))) return;
-  } catch (err) {
-    if (stop.signal.aborted) throw new Error(`${path} is still there after ${timeoutMs} ms`);
-    throw err;
-  } finally {
-    clearTimeout(timer);
-    stop.abort();
-  }
+  await new Promise<void>((resolve, reject) => {
+    const watcher = watch(dir);
+    const timer = setTimeout(() => {
+      watcher.close();
+      reject(new Error(`${path} is still there after ${timeoutMs} ms`));
+    }, timeoutMs);
+    const check = (): void => {
+      void pathExists(path).then((exists) => {
+        if (exists) return;
+        clearTimeout(timer);
+        watcher.close();
+        resolve();
+      });
+    };
+    watcher.on('change', check);
+    watcher.on('error', (err) => {
+      clearTimeout(timer);
+      watcher.close();
+      reject(err);
+    });
+    check();
+  });
 }
