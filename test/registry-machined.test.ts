@@ -122,9 +122,9 @@ test.serial(
     const names = Object.keys(MACHINE_PROPERTY_SIGNATURES);
     for (const machine of ['alpha', 'echo']) {
       const r = await lab.exec('busctl', [
-      '--no-pager', '--json=short', 'get-property', 'org.freedesktop.machine1',
-      machineObjectPath(machine), 'org.freedesktop.machine1.Machine', ...names,
-    ]); // prettier-ignore
+        '--no-pager', '--json=short', 'get-property', 'org.freedesktop.machine1',
+        machineObjectPath(machine), 'org.freedesktop.machine1.Machine', ...names,
+      ]); // prettier-ignore
       t.is(r.code, 0, r.stderr);
       const types = r.stdout
         .trim()

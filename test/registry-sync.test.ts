@@ -818,10 +818,11 @@ test("[test double] the default widths stay within dbus-daemon's 128 pending rep
   await started;
   await until(r.view, (v) => v.all().length === 240, 20_000);
   const atOnce = calls.filter((at) => at < (calls[0] ?? 0) + WINDOW_MS).length;
+  // dbus-daemon never passes more than 128 on: a wider default shows as fewer here, and as calls
+  // refused with LimitsExceeded, which the registry logs as warnings
   t.true(atOnce >= DEFAULTS.firstSyncConcurrency, `${atOnce} GetAll in flight at once`);
-  t.true(atOnce <= MAX_PENDING_REPLIES, `${atOnce} GetAll in flight at once`);
   t.deepEqual(
-    logger.lines.filter((l) => /LimitsExceeded|maximum number of pending replies|machine \S+: /.test(l)),
+    logger.lines.filter((l) => /^<[0-4]>/.test(l)),
     [],
   );
 });

@@ -187,8 +187,8 @@ export function encodeCall(h: CallHeader, body: readonly unknown[]): Buffer {
 /**
  * The INTERFACE, MEMBER, DESTINATION and SIGNATURE header fields of a kind of call, written once.
  * Each header field starts 8-aligned, so after PATH they are the same bytes in every call of that
- * kind: one copy instead of four strings written per call (encodeCall was a fifth of the first
- * sync's D-Bus CPU at 10,000 machines; BENCHMARKS.md).
+ * kind: one copy instead of four strings written per call (encodeCall took 96 ms of the first sync's
+ * CPU at 10,000 machines in a profile; BENCHMARKS.md, 2026-12-06).
  */
 const callFieldsByKind = new Map<string, Buffer>();
 /** The registry makes a few dozen kinds of call; anything beyond this is written afresh each time. */
@@ -505,9 +505,10 @@ export function decodeBody(msg: WireMessage): unknown[] {
 /**
  * A Properties.GetAll reply (`a{sv}`) read without a `Variant` per property: each property's value
  * in the codec's shapes and its variant's signature, so a caller can check the types by signature
- * instead of by schema. At 10,000 machines the first sync read one such reply per machine; the
- * variants, the copy without them and the zod parse of that copy were about 250 ms of its CPU and
- * 90 of the 460 MB it allocated (BENCHMARKS.md).
+ * instead of by schema. At 10,000 machines the first sync reads one such reply per machine: the
+ * Variants, their unwrapped copy and the zod parse of it (with GetMachineAddresses' decoding) were
+ * about 250 ms of its CPU in a profile; without them spawn → `ready` took a median 0.25 s less
+ * (BENCHMARKS.md, 2026-12-06).
  */
 export class PropertyValues {
   constructor(
