@@ -738,58 +738,22 @@ test('[test double] killing machined and starting it again converges; removals w
   t.pass();
 });
 
-test('[test double] the first sync fetches firstSyncConcurrency machines at a time; a resync after machined restarts only concurrency', async (t) => {
-  // Every GetAll is answered STALL_MS late, so the calls that arrive within WINDOW_MS of the first
-  // are exactly those the registry has in flight at once.
-  const STALL_MS = 800;
-  const WINDOW_MS = 600;
+/** GetAll is answered this late in the width tests, so calls within WIDTH_WINDOW_MS of the first are in flight at once. */
+const WIDTH_STALL_MS = 800;
+const WIDTH_WINDOW_MS = 600;
+
+/**
+ * FakeMachined with `count` machines whose GetAll calls are answered WIDTH_STALL_MS late, and when
+ * each arrived (its test-only `Received` signal): `atOnce()` counts those within WIDTH_WINDOW_MS of
+ * the first, the calls the registry had in flight at once.
+ */
+async function stalledGetAll(
+  t: ExecutionContext,
+  count: number,
+): Promise<{ fake: FakeMachinedHandle; calls: number[]; firstCall: Promise<void>; atOnce: () => number }> {
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());
-  await fake.seed(Array.from({ length: 80 }, (_, i) => fakeMachine(`m${i}`, process.pid)));
-  const listener = await BusConnection.open(fake.busAddress);
-  t.teardown(() => listener.close());
-  await listener.addMatch("type='signal',interface='org.mymachinesd.Test.FakeMachined',member='Received'");
-  let calls: number[] = [];
-  listener.onSignal((s) => {
-    if (s.member === 'Received' && s.body[0] === 'GetAll') calls.push(performance.now());
-  });
-  const atOnce = (): number => calls.filter((at) => at < (calls[0] ?? 0) + WINDOW_MS).length;
-
-  await fake.stall('GetAll', STALL_MS);
-  await fake.watch('GetAll');
-  const r = registry(fake.busAddress, { concurrency: 16, firstSyncConcurrency: 64, settleDelaysMs: [] });
-  t.teardown(() => r.stop());
-  await r.start();
-  t.is(r.view.all().length, 80);
-  t.is(atOnce(), 64, 'the first sync: 64 in flight');
-  t.is(calls.length, 80, 'each machine fetched once');
-
-  calls = [];
-  await fake.killMachined();
-  const synced = new Promise<void>((resolve) => {
-    const off = r.onSynced(() => {
-      off();
-      resolve();
-    });
-  });
-  // stalled and watched from its first call: the registry resyncs as soon as the name is back
-  await fake.startMachined({ stall: { GetAll: STALL_MS }, watch: ['GetAll'] });
-  await synced;
-  t.true(calls.length >= 80, `the resync fetched every machine (${calls.length} calls)`);
-  t.is(atOnce(), 16, 'a resync, while serving: 16 in flight');
-});
-
-test("[test double] the default widths stay within dbus-daemon's 128 pending replies per connection: a first sync with registrations arriving meanwhile fetches every machine", async (t) => {
-  // dbus-daemon (system bus) refuses a call beyond 128 pending replies of one connection: with a
-  // first-sync width of 256 only 6,202 of 10,000 machines synced. The first sync's fetches and the
-  // fetches of signals that arrive during it share the lean connection.
-  const MAX_PENDING_REPLIES = 128;
-  t.true(DEFAULTS.firstSyncConcurrency + DEFAULTS.concurrency <= MAX_PENDING_REPLIES);
-  const STALL_MS = 800;
-  const WINDOW_MS = 600;
-  const fake = await FakeMachinedHandle.start();
-  t.teardown(() => fake.stop());
-  await fake.seed(Array.from({ length: 200 }, (_, i) => fakeMachine(`m${i}`, process.pid)));
+  await fake.seed(Array.from({ length: count }, (_, i) => fakeMachine(`m${i}`, process.pid)));
   const listener = await BusConnection.open(fake.busAddress);
   t.teardown(() => listener.close());
   await listener.addMatch("type='signal',interface='org.mymachinesd.Test.FakeMachined',member='Received'");
@@ -801,8 +765,42 @@ test("[test double] the default widths stay within dbus-daemon's 128 pending rep
     calls.push(performance.now());
     first();
   });
-  await fake.stall('GetAll', STALL_MS);
+  await fake.stall('GetAll', WIDTH_STALL_MS);
   await fake.watch('GetAll');
+  const atOnce = (): number => calls.filter((at) => at < (calls[0] ?? 0) + WIDTH_WINDOW_MS).length;
+  return { fake, calls, firstCall, atOnce };
+}
+
+test('[test double] the first sync fetches firstSyncConcurrency machines at a time; a resync after machined restarts only concurrency', async (t) => {
+  const { fake, calls, atOnce } = await stalledGetAll(t, 80);
+  const r = registry(fake.busAddress, { concurrency: 16, firstSyncConcurrency: 64, settleDelaysMs: [] });
+  t.teardown(() => r.stop());
+  await r.start();
+  t.is(r.view.all().length, 80);
+  t.is(atOnce(), 64, 'the first sync: 64 in flight');
+  t.is(calls.length, 80, 'each machine fetched once');
+
+  calls.length = 0;
+  await fake.killMachined();
+  const synced = new Promise<void>((resolve) => {
+    const off = r.onSynced(() => {
+      off();
+      resolve();
+    });
+  });
+  // stalled and watched from its first call: the registry resyncs as soon as the name is back
+  await fake.startMachined({ stall: { GetAll: WIDTH_STALL_MS }, watch: ['GetAll'] });
+  await synced;
+  t.true(calls.length >= 80, `the resync fetched every machine (${calls.length} calls)`);
+  t.is(atOnce(), 16, 'a resync, while serving: 16 in flight');
+});
+
+test("[test double] the default widths stay within dbus-daemon's 128 pending replies per connection: a first sync with registrations arriving meanwhile fetches every machine", async (t) => {
+  // dbus-daemon (system bus) refuses a call beyond 128 pending replies of one connection: with a
+  // first-sync width of 256 only 6,202 of 10,000 machines synced. The first sync's fetches and the
+  // fetches of signals that arrive during it share the lean connection.
+  t.true(DEFAULTS.firstSyncConcurrency + DEFAULTS.concurrency <= 128);
+  const { fake, firstCall, atOnce } = await stalledGetAll(t, 200);
   const logger = memoryLogger();
   const r = new Registry({
     busAddress: fake.busAddress,
@@ -817,10 +815,9 @@ test("[test double] the default widths stay within dbus-daemon's 128 pending rep
   await Promise.all(Array.from({ length: 40 }, (_, i) => fake.register(`late${i}`)));
   await started;
   await until(r.view, (v) => v.all().length === 240, 20_000);
-  const atOnce = calls.filter((at) => at < (calls[0] ?? 0) + WINDOW_MS).length;
   // dbus-daemon never passes more than 128 on: a wider default shows as fewer here, and as calls
   // refused with LimitsExceeded, which the registry logs as warnings
-  t.true(atOnce >= DEFAULTS.firstSyncConcurrency, `${atOnce} GetAll in flight at once`);
+  t.true(atOnce() >= DEFAULTS.firstSyncConcurrency, `${atOnce()} GetAll in flight at once`);
   t.deepEqual(
     logger.lines.filter((l) => /^<[0-4]>/.test(l)),
     [],
