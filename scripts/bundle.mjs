@@ -23,7 +23,7 @@ import { fileURLToPath, URL } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
-export const BUNDLES = [
+const BUNDLES = [
   { entry: 'dist/src/daemon/main.js', out: 'dist/mymachinesd.mjs' },
   { entry: 'dist/bench/processes/scale-daemon.js', out: 'dist/bench/processes/scale-daemon.bundle.mjs' },
 ];

@@ -16,7 +16,7 @@
 import v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
 
-export const HEAP_GROWING_PERCENT = 20;
+const HEAP_GROWING_PERCENT = 20;
 
 function limitHeapGrowth(): void {
   v8.setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);

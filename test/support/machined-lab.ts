@@ -492,34 +492,8 @@ export function waitForNameOwner(
 }
 
 /** Resolves when a path exists, watching its directory (no polling). */
-export async function waitForPath(path: string, timeoutMs = 10_000): Promise<void> {
-  if (
-    await access(path).then(
-      () => true,
-      () => false,
-    )
-  )
-    return;
-  const dir = path.slice(0, path.lastIndexOf('/'));
-  await new Promise<void>((resolve, reject) => {
-    const watcher = watch(dir);
-    const timer = setTimeout(() => {
-      watcher.close();
-      reject(new Error(`${path} did not appear`));
-    }, timeoutMs);
-    const check = (): void => {
-      void access(path).then(
-        () => {
-          clearTimeout(timer);
-          watcher.close();
-          resolve();
-        },
-        () => undefined,
-      );
-    };
-    watcher.on('change', check);
-    check();
-  });
+export function waitForPath(path: string, timeoutMs = 10_000): Promise<void> {
+  return watchForPath(path, true, timeoutMs, `${path} did not appear`);
 }
 
 /** Whether a path exists now. */
@@ -530,34 +504,36 @@ export function pathExists(path: string): Promise<boolean> {
   );
 }
 
+/** Resolves once a path is gone, watching its directory (no polling). */
+export function waitForPathGone(path: string, timeoutMs = 10_000): Promise<void> {
+  return watchForPath(path, false, timeoutMs, `${path} is still there after ${timeoutMs} ms`);
+}
+
 /**
- * Resolves once a path is gone, watching its directory (no polling). The watch starts before the
- * first look, as in waitForPath: fs/promises' watch() only starts on the iterator's first next(),
- * so a path removed between a first look and that call was waited for until the timeout (seen once
- * in a full run: daemon-cli's control socket "still there after 10000 ms").
+ * Resolves once the path exists (`present`) or is gone, else rejects with `failure` after
+ * `timeoutMs`. The watch starts before the first look: fs/promises' watch() only starts on its
+ * iterator's first next(), so a path removed between a first look and that call was waited for
+ * until the timeout (seen once in a full run: daemon-cli's control socket "still there after
+ * 10000 ms").
  */
-export async function waitForPathGone(path: string, timeoutMs = 10_000): Promise<void> {
+function watchForPath(path: string, present: boolean, timeoutMs: number, failure: string): Promise<void> {
   const dir = path.slice(0, path.lastIndexOf('/'));
-  await new Promise<void>((resolve, reject) => {
+  return new Promise<void>((resolve, reject) => {
     const watcher = watch(dir);
-    const timer = setTimeout(() => {
+    const finish = (err?: Error): void => {
+      clearTimeout(timer);
       watcher.close();
-      reject(new Error(`${path} is still there after ${timeoutMs} ms`));
-    }, timeoutMs);
+      if (err) reject(err);
+      else resolve();
+    };
+    const timer = setTimeout(() => finish(new Error(failure)), timeoutMs);
     const check = (): void => {
       void pathExists(path).then((exists) => {
-        if (exists) return;
-        clearTimeout(timer);
-        watcher.close();
-        resolve();
+        if (exists === present) finish();
       });
     };
     watcher.on('change', check);
-    watcher.on('error', (err) => {
-      clearTimeout(timer);
-      watcher.close();
-      reject(err);
-    });
+    watcher.on('error', finish);
     check();
   });
 }
