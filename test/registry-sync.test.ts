@@ -5,7 +5,8 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
-import { readlinkSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { once } from 'node:events';
 import { memoryLogger } from '../src/log.js';
 import { BusConnection, isBusError } from '../src/registry-client/bus.js';
@@ -388,6 +389,16 @@ test('procHost: the network namespace digest is stable while nothing changes, an
   };
   const seen = [digest()];
   t.truthy(seen[0]);
+  // What it hashes, byte for byte: the namespace, then each file after its name (read as bytes).
+  const file = (name: string): Buffer => readFileSync(`/proc/${pid}/net/${name}`);
+  const expected = createHash('sha256')
+    .update(readlinkSync(`/proc/${pid}/ns/net`))
+    .update('\0if_inet6\0')
+    .update(file('if_inet6'))
+    .update('\0fib_trie\0')
+    .update(file('fib_trie'))
+    .digest('base64');
+  t.is(seen[0], expected, 'the namespace, if_inet6 and fib_trie');
   t.not(seen[0], procHost.networkState?.(process.pid), 'another namespace, another digest');
   t.is(digest(), seen[0], 'stable');
   inside('link', 'add', 't0', 'type', 'ifb');

@@ -95,22 +95,33 @@ const procScratch = Buffer.allocUnsafe(PROC_FILE_MAX);
 export function readProcFile(
   path: string,
 ): { readonly ok: true; readonly text: string } | { readonly ok: false; readonly reason: string } {
+  const read = readProcBytes(path);
+  return typeof read === 'number'
+    ? { ok: true, text: procScratch.toString('utf8', 0, read) }
+    : { ok: false, reason: read };
+}
+
+/**
+ * Reads a /proc file into `procScratch`: how many bytes it has, or why it could not be read ('too
+ * large' beyond PROC_FILE_MAX). The bytes stay valid until the next read.
+ */
+function readProcBytes(path: string): number | string {
   let fd: number;
   try {
     fd = openSync(path, 'r');
   } catch (err) {
-    return { ok: false, reason: errorCode(err) };
+    return errorCode(err);
   }
   try {
-    let length = 0;
+    let end = 0;
     for (;;) {
-      const n = readSync(fd, procScratch, length, PROC_FILE_MAX - length, null);
-      if (n === 0) return { ok: true, text: procScratch.toString('utf8', 0, length) };
-      length += n;
-      if (length === PROC_FILE_MAX) return { ok: false, reason: 'too large' };
+      const n = readSync(fd, procScratch, end, PROC_FILE_MAX - end, null);
+      if (n === 0) return end;
+      end += n;
+      if (end === PROC_FILE_MAX) return 'too large';
     }
   } catch (err) {
-    return { ok: false, reason: errorCode(err) }; // e.g. ESRCH: the process exited after the open
+    return errorCode(err); // e.g. ESRCH: the process exited after the open
   } finally {
     closeSync(fd);
   }
@@ -137,6 +148,12 @@ export function statStartTime(line: string): number | undefined {
   if (end === from || (end < line.length && line[end] !== ' ' && line[end] !== '\n')) return undefined;
   return Number(line.slice(from, end));
 }
+
+/** What networkState hashes after the namespace, each file after its separator. */
+const NET_STATE_FILES = ['if_inet6', 'fib_trie'].map((name) => ({
+  name,
+  separator: Buffer.from(`\0${name}\0`),
+}));
 
 export const procHost: HostReader = {
   exists(pid) {
@@ -165,10 +182,11 @@ export const procHost: HostReader = {
       return undefined;
     }
     const digest = createHash('sha256').update(namespace);
-    for (const file of ['if_inet6', 'fib_trie']) {
-      const read = readProcFile(`/proc/${pid}/net/${file}`);
-      if (!read.ok) return undefined;
-      digest.update(`\0${file}\0`).update(read.text);
+    for (const file of NET_STATE_FILES) {
+      const end = readProcBytes(`/proc/${pid}/net/${file.name}`);
+      if (typeof end !== 'number') return undefined;
+      // The bytes as read: decoding them to text first cost a string per file and machine.
+      digest.update(file.separator).update(procScratch.subarray(0, end));
     }
     return digest.digest('base64');
   },
