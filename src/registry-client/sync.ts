@@ -638,7 +638,7 @@ export class Registry {
       gidMap: undefined,
       innerUsers: undefined,
       innerGroups: undefined,
-      leaderAlive: true,
+      leaderAlive: cls === 'host' || leaderStart !== undefined,
     };
     const previousStart = this.leaderStarts.get(name);
     if (leaderStart !== undefined) this.leaderStarts.set(name, leaderStart);
@@ -649,11 +649,7 @@ export class Registry {
       known.leader === props.Leader &&
       leaderStart !== undefined &&
       previousStart === leaderStart;
-    const record = await this.withHostData(
-      { ...base, leaderAlive: cls === 'host' || leaderStart !== undefined },
-      sameLeader ? known : undefined,
-      accounts,
-    );
+    const record = await this.withHostData(base, sameLeader ? known : undefined, accounts);
     return { kind: 'found', record };
   }
 
@@ -826,6 +822,8 @@ export class Registry {
   private hostProblem(machine: string, topic: string, message: undefined): void;
   private hostProblem(machine: string, topic: string, message: string, kind: string): void;
   private hostProblem(machine: string, topic: string, message: string | undefined, kind?: string): void {
+    // Nothing to clear (every read so far succeeded): no key is built.
+    if (message === undefined && this.hostProblems.size === 0) return;
     const key = `${machine}\0${topic}`;
     if (message === undefined) {
       if (this.hostProblems.delete(key))
