@@ -28,6 +28,27 @@ const BUNDLES = [
   { entry: 'dist/bench/processes/scale-daemon.js', out: 'dist/bench/processes/scale-daemon.bundle.mjs' },
 ];
 
+/**
+ * zod's classic API exports every locale (`z.locales`, 40-odd languages, about a quarter of the
+ * bundle) though only English is ever configured, by zod itself; nothing here reads `z.locales`.
+ * Its locale index is replaced by one exporting English alone.
+ */
+const englishOnlyZodLocales = {
+  name: 'english-only-zod-locales',
+  setup(b) {
+    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (args) =>
+      /[/\\]node_modules[/\\]zod[/\\]/.test(args.importer)
+        ? { path: 'english-only', namespace: 'zod-locales', pluginData: args.resolveDir }
+        : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: 'zod-locales' }, (args) => ({
+      contents: "export { default as en } from '../locales/en.js';",
+      resolveDir: args.pluginData,
+      loader: 'js',
+    }));
+  },
+};
+
 for (const { entry, out } of BUNDLES) {
   await build({
     absWorkingDir: root,
@@ -42,6 +63,7 @@ for (const { entry, out } of BUNDLES) {
       js: "import { createRequire as __bundleRequire } from 'node:module';\nconst require = __bundleRequire(import.meta.url);",
     },
     sourcemap: 'linked',
+    plugins: [englishOnlyZodLocales],
     logLevel: 'warning',
   });
 }

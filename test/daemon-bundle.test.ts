@@ -58,3 +58,14 @@ test('the bundle carries a source map back to the TypeScript sources', async (t)
   t.true(map.sources.includes('../src/daemon/main.ts'));
   t.true(map.sources.includes('../src/registry-client/sync.ts'));
 });
+
+test("the bundle carries zod's English locale alone, and zod's English messages", async (t) => {
+  const bundle = join(BIN, '..', '..', 'dist', 'mymachinesd.mjs');
+  const map = JSON.parse(await readFile(`${bundle}.map`, 'utf8')) as { sources: string[] };
+  const locales = map.sources.filter((s) => s.includes('/zod/v4/locales/'));
+  // zod ships some 40 locales; all of them came with `z.locales` before (a quarter of the bundle)
+  t.deepEqual(locales, ['../node_modules/zod/v4/locales/en.js']);
+  t.true(map.sources.includes('zod-locales:english-only'));
+  const text = await readFile(bundle, 'utf8');
+  t.true(text.includes('Invalid input: expected '), "zod's English messages are in");
+});
