@@ -28,14 +28,17 @@ export interface DnsUnderTest {
 
 export const NODE_CEILING_JS = join(REPO, 'dist/bench/resolver-stub.js');
 
-/** Starts a daemon-like command (logs `ready` and its listeners) pinned to `cpu`. */
+/** Starts a daemon-like command (logs `ready` and its listeners) pinned to `cpu`, or not pinned (undefined). */
 export async function startDaemon(
   world: World,
   label: string,
   command: readonly string[],
-  cpu: number,
+  cpu: number | undefined,
 ): Promise<DnsUnderTest & { readonly handle: DaemonHandle }> {
-  const handle = await DaemonHandle.startCommand(world, ['taskset', '-c', String(cpu), ...command]);
+  const handle = await DaemonHandle.startCommand(
+    world,
+    cpu === undefined ? command : ['taskset', '-c', String(cpu), ...command],
+  );
   const pid = handle.child.pid;
   if (pid === undefined) throw new Error(`${label}: no pid`);
   const { host, port } = handle.dnsAddress('udp');
