@@ -245,8 +245,8 @@ async function measureSize(
     // on this shared VM varied by a fifth to a third from run to run (BENCHMARKS.md, 2026-12-06).
     // The daemon starts unpinned, as it runs in production and as the bare fetch runs (in this
     // process); each run also starts it pinned to SERVER_CPU, as it is for the DNS and userdb
-    // measurements, which is informative: the double and dbus-daemon, unpinned, are then woken on
-    // the daemon's core too (pinned, the bare fetch itself took 2.8-3.0 s against 1.0-1.8 s;
+    // measurements, which is informative: the double and dbus-daemon, unpinned, can then run on the
+    // daemon's core while it waits (pinned, the bare fetch itself took 2.8-3.0 s against 1.0-1.8 s;
     // BENCHMARKS.md, 2026-12-06). Every daemon but the last is stopped once `ready`; the last is
     // pinned to SERVER_CPU and measured further.
     const firsts: FirstSync[] = [];
@@ -495,7 +495,7 @@ async function main(): Promise<void> {
       `\`bench/processes/scale-daemon.ts\`, bundled as the shipped daemon is (Registry + userdb + DNS stub wired as \`serve\` does, defaults: ` +
       `refresh every 10 s but at most 100 machines a second, leader check every 2 s (start time every fifth), ${DEFAULTS.firstSyncConcurrency} D-Bus fetches at a time in the first sync and ${DEFAULTS.concurrency} after it) with a synthetic uid/gid map source whose /proc reads ` +
       `still happen; pinned to CPU ${SERVER_CPU} from \`ready\` on. "ready" is from spawn to the \`ready\` line (Node start-up ` +
-      `included), median (min–max) of ${knobs.syncRuns} starts per size, each after its own bare fetch, the daemon not pinned during its start, as it runs in production and as the bare fetch runs (the targets are judged on the medians; the last daemon started is the one measured further, pinned once \`ready\`); "ready pinned" the same start with the daemon pinned to CPU ${SERVER_CPU} from spawn (informative: FakeMachined and dbus-daemon, not pinned, are woken on its core too), "sync" the registry's own figure (median), "accounts" its figure for reading every container's passwd and group, which only enumeration needs, after \`ready\`. "idle CPU": the daemon's CPU per second over ${IDLE_SECONDS} s without queries, from ${IDLE_AFTER_MS / 1000} s after its spawn (polling only). DNS: dnsperf on CPU ${LOAD_CPU}, ${knobs.runs} × ` +
+      `included), median (min–max) of ${knobs.syncRuns} starts per size, each after its own bare fetch, the daemon not pinned during its start, as it runs in production and as the bare fetch runs (the targets are judged on the medians; the last daemon started is the one measured further, pinned once \`ready\`); "ready pinned" the same start with the daemon pinned to CPU ${SERVER_CPU} from spawn (informative: FakeMachined and dbus-daemon, not pinned, can run on its core too), "sync" the registry's own figure (median), "accounts" its figure for reading every container's passwd and group, which only enumeration needs, after \`ready\`. "idle CPU": the daemon's CPU per second over ${IDLE_SECONDS} s without queries, from ${IDLE_AFTER_MS / 1000} s after its spawn (polling only). DNS: dnsperf on CPU ${LOAD_CPU}, ${knobs.runs} × ` +
       `${knobs.seconds} s, query file of max(10,000, 4·N) lines over all N names (~10 % unknown). userdb: ` +
       `GetUserRecord, one connection per lookup, ${knobs.lookups} lookups per run over 64 random machines, ${knobs.runs} runs per size, and ${Math.max(USERDB_TURNS, knobs.runs)} pairs of runs taking turns for the flatness ratio.`,
   );

@@ -13,6 +13,7 @@ import { answer } from '../src/resolver/answer.js';
 import {
   ANSWER_CACHE_MIN,
   compileZone,
+  SCAN_ADDRESSES,
   ZoneCompiler,
   type ServedMachine,
   type Zone,
@@ -192,6 +193,28 @@ test('a record compiled once is prepared once: unchanged machines keep their ser
   t.is(machinesAt(after, webKey)[0], webBefore, 'web did not change: same object');
   t.not(machinesAt(after, dbKey)[0], dbBefore, 'db changed: prepared again');
   t.is(hex(machinesAt(after, dbKey)[0]?.a[0]?.rdata ?? Buffer.alloc(0)), 'c0000203');
+});
+
+test("an address repeated in a machine's list is served once, in short lists (a scan) and long ones (a set)", (t) => {
+  const v4 = (i: number): string => `198.51.${100 + (i >> 8)}.${i & 255}`;
+  const v6 = (i: number): string => `fd42::${i.toString(16)}`;
+  // each list has every address twice: up to SCAN_ADDRESSES entries a scan, beyond a set
+  for (const count of [3, SCAN_ADDRESSES / 2, SCAN_ADDRESSES / 2 + 1, 300]) {
+    // every address twice, the second time after all the others; IPv4 and IPv6 interleaved
+    const once = Array.from({ length: count }, (_, i) => (i % 2 === 0 ? v4(i + 1) : v6(i + 1)));
+    const table = new MachineTable();
+    table.upsert(machineRecord({ name: 'web', addresses: [...once, ...once] }));
+    const node = compileZone(table, BASE_POLICY).nodes.get('\x03web\x07machine\x00');
+    const web = node?.kind === 'machine' ? node.machines[0] : undefined;
+    t.deepEqual(
+      web?.any.map((r) => hex(r.rdata)),
+      once.map((a) =>
+        hex(machineRecord({ name: 'x', addresses: [a] }).addresses[0]?.bytes ?? Buffer.alloc(0)),
+      ),
+      `${count} addresses, each twice`,
+    );
+    t.is((web?.a.length ?? 0) + (web?.aaaa.length ?? 0), count);
+  }
 });
 
 test('the answer cache holds every name of a large zone twice over, never fewer than 8192 answers, and is cleared when full', (t) => {

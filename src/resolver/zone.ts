@@ -465,6 +465,9 @@ function countLabels(wire: Buffer): number {
   return count;
 }
 
+/** Up to this many addresses, serveMachine finds repeats by a scan (exported for tests). */
+export const SCAN_ADDRESSES = 8;
+
 /**
  * The address policy: link-local addresses only with `includeLinkLocal` (a DNS answer cannot carry
  * the scope they need), nothing inside `excludeNets`, each address once. Zone ids never reach the
@@ -480,13 +483,20 @@ function serveMachine(
   const a: RdataRecord[] = [];
   const aaaa: RdataRecord[] = [];
   const any: RdataRecord[] = [];
+  // Repeats are found by a scan while the list is short (a machine has a few addresses; a set of hex
+  // strings cost two strings each), by a set when it is long: a container can add as many addresses
+  // as it likes, and a scan of n of them costs n².
+  const seen = record.addresses.length > SCAN_ADDRESSES ? new Set<string>() : undefined;
   for (const address of record.addresses) {
     const expected = address.family === 4 ? 4 : 16;
     if (address.bytes.length !== expected) continue;
     if (address.linkLocal && !policy.includeLinkLocal) continue;
     if (anyNetContains(policy.excludeNets, address.bytes)) continue;
-    // A machine has a few addresses: a scan, where a set of hex strings cost two strings each.
-    if (any.some((rr) => rr.rdata.equals(address.bytes))) continue;
+    if (seen) {
+      const text = address.bytes.toString('hex');
+      if (seen.has(text)) continue;
+      seen.add(text);
+    } else if (any.some((rr) => rr.rdata.equals(address.bytes))) continue;
     // The record's own bytes (records are immutable snapshots, and their address bytes are copies of
     // their own, never views of a received message): a copy here cost a Buffer per address.
     const rr: RdataRecord = { type: expected === 4 ? Type.A : Type.AAAA, rdata: address.bytes };
