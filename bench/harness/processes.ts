@@ -92,9 +92,12 @@ export function memory(pid: number): Memory {
   return { rssMiB: kib('VmRSS') / 1024, peakMiB: kib('VmHWM') / 1024 };
 }
 
-/** Pins every thread of a process we started to one CPU (`taskset -a -p -c`). */
+/** Pins every thread of a process we started to one CPU (`taskset -a -p -c`), and checks it took. */
 export function pin(pid: number, cpu: number): void {
   execFileSync('taskset', ['-a', '-p', '-c', String(cpu), String(pid)], { stdio: 'ignore' });
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const allowed = /^Cpus_allowed_list:\s*(\S+)/m.exec(status)?.[1];
+  if (allowed !== String(cpu)) throw new Error(`process ${pid} runs on CPUs ${allowed}, not ${cpu}`);
 }
 
 /** Parent of every process in /proc. */
