@@ -267,7 +267,7 @@ test('no installed package runs code at install time: no install scripts, no nat
     .filter((k) => k !== '')
     .flatMap((key) => installTimeCode(join(ROOT, key)).map((what) => `${key}: ${what}`));
   t.deepEqual(found, []);
-  // our own package: `prepare` builds with tsc from the lock's typescript; nothing is fetched
+  // our own package: `prepare` builds with tsc and esbuild-wasm from the lock; nothing is fetched
   t.deepEqual(
     INSTALL_SCRIPTS.filter((s) => pkg.scripts[s] !== undefined),
     [],
