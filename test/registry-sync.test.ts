@@ -171,6 +171,41 @@ test('[test double] address changes after the settle window show up within the r
   t.deepEqual(addressesOf(r.view, 'm'), ['192.0.2.31', 'fd00::31']);
 });
 
+// serial: it sets the clock of this whole worker back, which no test running beside it may see
+test.serial(
+  '[test double] the refresh and the leader check go on when the system clock is set back an hour',
+  async (t) => {
+    const fake = await FakeMachinedHandle.start();
+    t.teardown(() => fake.stop());
+    const leader = spawn('sleep', ['60'], { stdio: 'ignore' });
+    t.teardown(() => leader.kill('SIGKILL'));
+    await fake.register('m', { leader: leader.pid ?? 0 });
+    await fake.setAddresses('m', ['192.0.2.30']);
+    const r = registry(fake.busAddress, {
+      refreshIntervalMs: 100,
+      leaderCheckIntervalMs: 100,
+      settleDelaysMs: [],
+      fullRefreshRounds: 1,
+    });
+    t.teardown(() => r.stop());
+    await r.start();
+    // a few rounds of each, so that both schedules hold times taken before the clock is set back
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    const realNow = Date.now;
+    Date.now = () => realNow() - 3_600_000;
+    t.teardown(() => {
+      Date.now = realNow;
+    });
+    await fake.setAddresses('m', ['192.0.2.31']);
+    await until(r.view, (v) => addressesOf(v, 'm')?.[0] === '192.0.2.31', 3_000);
+    const exited = once(leader, 'exit');
+    leader.kill('SIGKILL');
+    await exited;
+    await until(r.view, (v) => v.byName('m')?.leaderAlive === false, 3_000);
+    t.pass();
+  },
+);
+
 test('[test double] a refresh round reaches every machine within one interval, spread over it', async (t) => {
   const fake = await FakeMachinedHandle.start();
   t.teardown(() => fake.stop());

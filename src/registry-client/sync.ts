@@ -480,7 +480,7 @@ export class Registry {
   private async resyncOnce(state: ResyncState): Promise<void> {
     const client = this.client;
     if (!client) return;
-    const began = Date.now();
+    const began = monotonic();
     if (!this.owner) {
       // No machined on the bus. At start that means nothing is registered (the table is empty).
       // Later — e.g. the bus came back before machined — the last known state stays: machined
@@ -540,9 +540,10 @@ export class Registry {
     );
   }
 
+  /** `began`: monotonic() when the resync began. */
   private finishSync(began: number): void {
     this.lastSyncAt = Date.now();
-    this.lastSyncMs = this.lastSyncAt - began;
+    this.lastSyncMs = Math.round(monotonic() - began);
     for (const l of [...this.syncListeners]) l();
   }
 
@@ -743,7 +744,7 @@ export class Registry {
         m.leaderAlive &&
         (hasPrivateUserNamespace(m.uidMap) || hasPrivateUserNamespace(m.gidMap)),
     );
-    const began = Date.now();
+    const began = monotonic();
     const read = await mapLimit(targets, this.opts.concurrency, (m) =>
       this.stopped ? Promise.resolve(undefined) : this.limit(() => this.readAccountsOf(m, m)),
     );
@@ -762,7 +763,7 @@ export class Registry {
     });
     this.table.replaceSome(patched);
     this.options.logger.info(
-      `read the accounts of ${targets.length} container(s) in ${Date.now() - began} ms`,
+      `read the accounts of ${targets.length} container(s) in ${Math.round(monotonic() - began)} ms`,
     );
   }
 
@@ -919,7 +920,7 @@ export class Registry {
 
   private interfaceNames(ifindexes: readonly number[]): Promise<NetworkInterface[]> | NetworkInterface[] {
     if (ifindexes.length === 0) return [];
-    const now = Date.now();
+    const now = monotonic();
     if (!this.linkCache || now - this.linkCache.at > 1_000)
       this.linkCache = { at: now, links: this.host.links() };
     return this.linkCache.links.then((links) =>
@@ -1005,9 +1006,9 @@ export class Registry {
     const interval = this.opts.refreshIntervalMs;
     const closest = 1000 / this.opts.refreshRate;
     let earliest = -Infinity; // when the next batch may begin, across rounds (the rate bound)
-    await this.refreshPause.until(Date.now() + interval);
+    await this.refreshPause.until(monotonic() + interval);
     for (let round = 1; !this.stopped; round++) {
-      const began = Date.now();
+      const began = monotonic();
       const accounts = round % ACCOUNT_ROUNDS === 0 ? 'now' : 'if-missing';
       const full = this.opts.fullRefreshRounds;
       if (round % full === 0) await this.reconcile();
@@ -1023,7 +1024,7 @@ export class Registry {
         if (i % batch === 0) {
           // A batch may begin once the one before has had its share of the rate bound.
           await slices.batchAt(Math.max(began + i * gap, earliest));
-          earliest = Date.now() + Math.min(batch, names.length - i) * closest;
+          earliest = monotonic() + Math.min(batch, names.length - i) * closest;
         }
         await slices.letQueriesIn();
         if (this.stopped) return;
@@ -1115,10 +1116,10 @@ export class Registry {
    */
   private async leaderRounds(): Promise<void> {
     const interval = this.opts.leaderCheckIntervalMs;
-    await this.leaderPause.until(Date.now() + interval);
+    await this.leaderPause.until(monotonic() + interval);
     let lastBatch = -Infinity; // when the latest batch began, across rounds
     for (let round = 0; !this.stopped; round++) {
-      const began = Date.now();
+      const began = monotonic();
       const full = round % LEADER_FULL_CHECK_EVERY === 0;
       const names = this.table
         .all()
@@ -1138,7 +1139,7 @@ export class Registry {
           // Behind schedule (the daemon was stopped or starved), batches come at most twice as
           // often as planned, not all at once.
           await slices.batchAt(Math.max(began + i * gap, lastBatch + this.opts.pollStepMs / 2));
-          lastBatch = Date.now();
+          lastBatch = monotonic();
         }
         await slices.letQueriesIn();
         if (this.stopped) return;
@@ -1192,7 +1193,7 @@ class RoundSlices {
   constructor(private readonly pause: Pause) {}
 
   async batchAt(due: number): Promise<void> {
-    const waits = due > Date.now();
+    const waits = due > monotonic();
     await this.pause.until(due);
     if (waits) this.start = performance.now();
   }
@@ -1204,7 +1205,7 @@ class RoundSlices {
   }
 }
 
-/** A cancellable wait on the Date.now() clock; after cancel() every wait resolves at once. */
+/** A cancellable wait on the monotonic() clock; after cancel() every wait resolves at once. */
 class Pause {
   private timer: NodeJS.Timeout | undefined;
   private wake: (() => void) | undefined;
@@ -1212,7 +1213,7 @@ class Pause {
 
   /** Resolves at `time`, or at once when it has passed or the pause was cancelled. */
   until(time: number): Promise<void> {
-    const wait = time - Date.now();
+    const wait = time - monotonic();
     if (wait <= 0 || this.cancelled) return Promise.resolve();
     return new Promise((resolve) => {
       this.wake = resolve;
@@ -1276,6 +1277,15 @@ function isTransient(err: BusError): boolean {
     err.code === 'ServiceUnknown' ||
     err.code === 'NoSuchMachine' // gone: the caller drops it
   );
+}
+
+/**
+ * The clock every wait and duration here is measured on: milliseconds that never go back. The
+ * system clock can be set back (an admin, chrony's makestep); rounds scheduled on it stopped for as
+ * long as it was set back, because a time taken before the step was then still ahead.
+ */
+function monotonic(): number {
+  return performance.now();
 }
 
 /** At most `limit` calls of `work` run at once; the others wait their turn, in order. */
