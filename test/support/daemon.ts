@@ -167,7 +167,7 @@ export class DaemonHandle {
   waitForNew(re: RegExp, timeoutMs = 15_000): Promise<string> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(
-        () => reject(new Error(`no new log line ${String(re)}:\n${this.lines.slice(-40).join('\n')}`)),
+        () => reject(new Error(`no new log line ${String(re)}:\n${this.recentLines(40)}`)),
         timeoutMs,
       );
       this.waiters.push({
@@ -178,6 +178,24 @@ export class DaemonHandle {
         },
       });
     });
+  }
+
+  /**
+   * The last `n` log lines for a failure message, without the debug line each Varlink call writes:
+   * a test that probes userdb while it waits made those all of the last 40 lines, and the lines
+   * that told what the daemon was doing were cut off. How many were left out is said.
+   */
+  recentLines(n: number): string {
+    const perCall = /^<7>\S+: varlink: connection \d+: call /;
+    const kept: string[] = [];
+    let omitted = 0;
+    for (let i = this.lines.length - 1; i >= 0 && kept.length < n; i--) {
+      const line = this.lines[i] ?? '';
+      if (perCall.test(line)) omitted++;
+      else kept.push(line);
+    }
+    kept.reverse();
+    return `${kept.join('\n')}${omitted > 0 ? `\n(${omitted} Varlink call lines left out in between)` : ''}`;
   }
 
   /** `mymachinesd list --json` run in the World against a control socket: what the daemon serves. */
