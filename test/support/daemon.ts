@@ -14,7 +14,7 @@ import { DAEMON_NODE_FLAGS } from '../../src/daemon/heap.js';
 
 export const BIN = fileURLToPath(new URL('../../../bin/mymachinesd', import.meta.url));
 
-const listOutput = z.object({ machines: z.array(controlMachineSchema) });
+const listOutput = z.object({ machines: z.array(controlMachineSchema), status: z.unknown().optional() });
 
 export class DaemonHandle {
   readonly lines: string[] = [];
@@ -200,11 +200,20 @@ export class DaemonHandle {
 
   /** `mymachinesd list --json` run in the World against a control socket: what the daemon serves. */
   async list(control: string): Promise<ControlMachine[]> {
+    return (await this.listJson(control)).machines;
+  }
+
+  /** The registry's status as `mymachinesd list --json` reports it (bus, machined, address calls). */
+  async status(control: string): Promise<unknown> {
+    return (await this.listJson(control)).status;
+  }
+
+  private async listJson(control: string): Promise<z.infer<typeof listOutput>> {
     const r = await this.world.exec(process.execPath, [BIN, 'list', '--json', '--control', control], {
       timeoutMs: 15_000,
     });
     if (r.code !== 0) throw new Error(`mymachinesd list failed (${r.code}): ${r.stderr}`);
-    return listOutput.parse(JSON.parse(r.stdout)).machines;
+    return listOutput.parse(JSON.parse(r.stdout));
   }
 
   /** SIGTERM and the exit status. */
