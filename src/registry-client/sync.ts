@@ -1188,20 +1188,20 @@ export class Registry {
  * one behind schedule follows in the same turn, in the slice it is in.
  */
 class RoundSlices {
-  private start = performance.now();
+  private start = monotonic();
 
   constructor(private readonly pause: Pause) {}
 
   async batchAt(due: number): Promise<void> {
     const waits = due > monotonic();
     await this.pause.until(due);
-    if (waits) this.start = performance.now();
+    if (waits) this.start = monotonic();
   }
 
   async letQueriesIn(): Promise<void> {
-    if (performance.now() - this.start <= POLL_SLICE_MS) return;
+    if (monotonic() - this.start <= POLL_SLICE_MS) return;
     await new Promise<void>((resolve) => setImmediate(resolve));
-    this.start = performance.now();
+    this.start = monotonic();
   }
 }
 
