@@ -12,12 +12,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
+# dnsperf: the load test's generator and the benchmark harness's test (test/bench-harness) use it.
 want=(dbus-daemon dbus-bin systemd-container libnss-mymachines libnss-systemd systemd-userdbd
-	dnsutils knot-dnsutils iproute2 iputils-ping util-linux python3 openssh-client)
+	dnsutils knot-dnsutils iproute2 iputils-ping util-linux python3 openssh-client dnsperf)
 want_resolved=0
 for arg in "$@"; do
 	case $arg in
-	--with-bench) want+=(dnsperf dnsmasq-base linux-perf) ;;
+	--with-bench) want+=(dnsmasq-base linux-perf) ;;
 	--with-resolved) want_resolved=1 ;;
 	*) log "unknown option $arg"; exit 2 ;;
 	esac

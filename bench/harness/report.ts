@@ -75,6 +75,8 @@ export class BenchReport {
   constructor(
     readonly bench: BenchName,
     readonly machine: MachineInfo,
+    /** Where progress, paragraphs and the summary are printed as the run goes (a test: nowhere). */
+    private readonly out: (text: string) => void = (text) => process.stdout.write(text),
   ) {
     const knobs = Object.entries(process.env)
       .filter(([k]) => k.startsWith('BENCH_'))
@@ -89,12 +91,12 @@ export class BenchReport {
 
   /** A progress line: printed, not written to the file. */
   progress(text: string): void {
-    process.stdout.write(`[bench:${this.bench}] ${text}\n`);
+    this.out(`[bench:${this.bench}] ${text}\n`);
   }
 
   paragraph(text: string): void {
     this.blocks.push(text);
-    process.stdout.write(`${text}\n\n`);
+    this.out(`${text}\n\n`);
   }
 
   table(header: readonly string[], rows: readonly (readonly string[])[]): void {
@@ -124,8 +126,11 @@ export class BenchReport {
     );
   }
 
-  /** Prints the summary and appends the section (and the summary rows) to BENCHMARKS.md. */
-  async write(): Promise<void> {
+  /**
+   * Prints the summary and appends the section (and the summary rows) to `file`: BENCHMARKS.md
+   * unless a test gives another.
+   */
+  async write(file = BENCHMARKS_MD): Promise<void> {
     const m = this.machine;
     const header = ['measurement', 'ours', 'anchor', 'ratio', 'target', 'met?'];
     const section = [
@@ -144,17 +149,17 @@ export class BenchReport {
       '',
       ...this.blocks.flatMap((b) => [b, '']),
     ].join('\n');
-    process.stdout.write(
+    this.out(
       `\n${markdownTable(
         header,
         this.rows.map((r) => BenchReport.cells(r, false)),
       )}\n`,
     );
 
-    let text = existsSync(BENCHMARKS_MD) ? await readFile(BENCHMARKS_MD, 'utf8') : PREAMBLE;
+    let text = existsSync(file) ? await readFile(file, 'utf8') : PREAMBLE;
     const begin = text.indexOf(BEGIN);
     const end = text.indexOf(END);
-    if (begin < 0 || end < begin) throw new Error(`${BENCHMARKS_MD}: no summary markers ${BEGIN} … ${END}`);
+    if (begin < 0 || end < begin) throw new Error(`${file}: no summary markers ${BEGIN} … ${END}`);
     const kept = text
       .slice(begin + BEGIN.length, end)
       .split('\n')
@@ -170,7 +175,7 @@ export class BenchReport {
     const rows = [...kept, ...mine].sort((a, b) => order(a.bench) - order(b.bench)).map((r) => r.line);
     text = `${text.slice(0, begin + BEGIN.length)}\n${[...SUMMARY_HEADER, ...rows].join('\n')}\n${text.slice(end)}`;
     text = `${text.trimEnd()}\n\n${section.trimEnd()}\n`;
-    await writeFile(BENCHMARKS_MD, text);
-    process.stdout.write(`\nappended to ${BENCHMARKS_MD}\n`);
+    await writeFile(file, text);
+    this.out(`\nappended to ${file}\n`);
   }
 }
