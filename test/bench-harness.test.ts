@@ -9,7 +9,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { dnsperfArgs, parseDnsperf } from '../bench/harness/dnsperf.js';
+import { dnsperfArgs, parseDnsperf, type DnsperfRun } from '../bench/harness/dnsperf.js';
 import type { MachineInfo } from '../bench/harness/machine.js';
 import { BenchReport, type BenchName } from '../bench/harness/report.js';
 import { formatSpread, latencySummary, num, percentile, sortedCopy, spread } from '../bench/harness/stats.js';
@@ -162,19 +162,22 @@ test('dnsperf with the harness’s arguments, its output read back: every query 
   const queries = join(file, '..', 'queries.txt');
   await writeFile(queries, 'alpha.example A\nbravo.example A\ncharlie.example A\n');
 
-  // closed loop, as the throughput runs
-  const closed = dnsperfArgs({
+  const base = {
     server: '127.0.0.1',
     port: upstream.port,
     queryFile: queries,
     seconds: 1,
     cpu: 0,
     clients: 1,
-    outstanding: 4,
-  });
-  const c = await run('dnsperf', closed, { timeout: 30_000 });
-  const cr = parseDnsperf(c.stdout, `dnsperf ${closed.join(' ')}`);
-  t.true(cr.completed > 0, c.stdout);
+  };
+  const dnsperf = async (args: string[]): Promise<{ stdout: string; run: DnsperfRun }> => {
+    const { stdout } = await run('dnsperf', args, { timeout: 30_000 });
+    return { stdout, run: parseDnsperf(stdout, `dnsperf ${args.join(' ')}`) };
+  };
+
+  // closed loop, as the throughput runs
+  const { stdout: closedOut, run: cr } = await dnsperf(dnsperfArgs({ ...base, outstanding: 4 }));
+  t.true(cr.completed > 0, closedOut);
   t.is(cr.lost, 0);
   t.is(cr.sent, cr.completed);
   t.is(cr.rcodes.get('NOERROR'), cr.completed);
@@ -184,18 +187,9 @@ test('dnsperf with the harness’s arguments, its output read back: every query 
 
   // open loop at a fixed rate with per-query latencies, as the latency runs
   upstream.seen.length = 0;
-  const open = dnsperfArgs({
-    server: '127.0.0.1',
-    port: upstream.port,
-    queryFile: queries,
-    seconds: 1,
-    cpu: 0,
-    clients: 1,
-    rate: 200,
-  });
+  const open = dnsperfArgs({ ...base, rate: 200 });
   t.true(open.includes('-Q') && open.includes('-v'));
-  const o = await run('dnsperf', open, { timeout: 30_000 });
-  const or = parseDnsperf(o.stdout, `dnsperf ${open.join(' ')}`);
+  const { run: or } = await dnsperf(open);
   t.is(or.lost, 0);
   t.true(or.completed >= 150 && or.completed <= 250, `${or.completed} queries at 200 q/s for 1 s`);
   t.is(or.latenciesMs.length, or.completed);
