@@ -1,5 +1,5 @@
 #!/bin/bash
-# scripts/setup.sh [--with-bench] [--with-resolved] - idempotent set-up on Debian 12.
+# scripts/setup.sh [--with-tests] [--with-bench] [--with-resolved] - idempotent set-up on Debian 12.
 #
 # 1. Debian packages the daemon, the tests and the demo use (only when running as root and
 #    something is missing). Installing libnss-mymachines edits /etc/nsswitch.conf and
@@ -12,13 +12,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-# dnsperf: the load test's generator and the benchmark harness's test (test/bench-harness) use it.
 want=(dbus-daemon dbus-bin systemd-container libnss-mymachines libnss-systemd systemd-userdbd
-	dnsutils knot-dnsutils iproute2 iputils-ping util-linux python3 openssh-client dnsperf)
+	dnsutils knot-dnsutils iproute2 iputils-ping util-linux python3 openssh-client)
 want_resolved=0
 for arg in "$@"; do
 	case $arg in
-	--with-bench) want+=(dnsmasq-base linux-perf) ;;
+	# dnsperf: the load test's generator and the benchmark harness's test (test/bench-harness)
+	--with-tests) want+=(dnsperf) ;;
+	--with-bench) want+=(dnsperf dnsmasq-base linux-perf) ;;
 	--with-resolved) want_resolved=1 ;;
 	*) log "unknown option $arg"; exit 2 ;;
 	esac

@@ -4,7 +4,7 @@
 # systemd-machined 252 in private namespaces). Exit status: 0 only if all of them passed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-scripts/setup.sh --with-resolved || exit 1
+scripts/setup.sh --with-tests --with-resolved || exit 1
 status=0
 echo '== lint (eslint, prettier)' >&2
 npx --no-install eslint . || status=1

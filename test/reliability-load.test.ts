@@ -1,7 +1,7 @@
 /**
  * Load on the daemon PROCESS (`mymachinesd serve` in a World; 104 machines from FakeMachined, a TEST
  * DOUBLE of machined, with the perf-anchors fixture's names and addresses): 10,000 mixed DNS queries
- * a second over UDP for 60 s — dnsperf when installed (`scripts/setup.sh` installs it as root), else a Node
+ * a second over UDP for 60 s — dnsperf when installed (`npm test` installs it as root), else a Node
  * generator that checks every answer — and, in the middle of it, 1,000 TCP DNS clients and 1,000
  * userdb Varlink clients, all connected at once. No query may be lost or answered wrongly, the
  * resident set after warm-up must stay within a stated bound, and the descriptors must come back to
