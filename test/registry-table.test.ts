@@ -139,6 +139,23 @@ test('the first registered container owns an overlapping host uid', (t) => {
   t.is(table.ownerOfUid(90000 + 65536)?.machine.name, 'first');
 });
 
+test('an id lookup gives the machine’s current record after an update that kept its maps (and the index)', (t) => {
+  const table = new MachineTable();
+  const uidMap = [{ inner: 0, outer: 100000, count: 65536 }];
+  const gidMap = [{ inner: 0, outer: 100000, count: 65536 }];
+  const before = machineRecord({ name: 'web', uidMap, gidMap });
+  table.upsert(before);
+  t.is(table.ownerOfUid(100033)?.machine, before); // builds the index
+  t.is(table.ownerOfGid(100033)?.machine, before);
+  const after = { ...before, addresses: [], state: 'closing' as const };
+  table.upsert(after);
+  t.is(table.ownerOfUid(100033)?.machine, after);
+  t.is(table.ownerOfUid(100033)?.inner, 33);
+  t.is(table.ownerOfGid(100033)?.machine, after);
+  table.remove('web');
+  t.is(table.ownerOfUid(100033), undefined);
+});
+
 test('only live containers own uids; outer start 0 never does', (t) => {
   const table = new MachineTable();
   table.upsert(

@@ -6,15 +6,25 @@
 import { ownsId } from './idmap.js';
 import type { IdOwner, IdRange, MachineRecord, RegistryView, ViewChange } from './view.js';
 
-/** One indexed id range: host ids [start, end) owned by `machine` through `range`. */
+/**
+ * One indexed id range: host ids [start, end) owned by the machine `name` through `range`. By name,
+ * not record: an update that keeps the machine's maps (a new address) keeps the index, and a record
+ * held here would then be the superseded one, kept alive until the next rebuild.
+ */
 interface RangeEntry {
   readonly start: number;
   readonly end: number;
   readonly order: number;
   /** Line of the machine's map file: machined takes a machine's first matching line. */
   readonly line: number;
-  readonly machine: MachineRecord;
+  readonly name: string;
   readonly range: IdRange;
+}
+
+/** What the index finds: the machine by name, and the inner id. */
+interface IndexedOwner {
+  readonly name: string;
+  readonly inner: number;
 }
 
 /**
@@ -35,7 +45,14 @@ class RangeIndex {
       if (machine.class !== 'container' || !machine.leaderAlive) return;
       (pick(machine) ?? []).forEach((range, line) => {
         if (range.outer === 0 || range.count === 0) return; // machined skips these for host→inner
-        entries.push({ start: range.outer, end: range.outer + range.count, order, line, machine, range });
+        entries.push({
+          start: range.outer,
+          end: range.outer + range.count,
+          order,
+          line,
+          name: machine.name,
+          range,
+        });
       });
     });
     entries.sort((a, b) => a.start - b.start || a.order - b.order);
@@ -48,7 +65,7 @@ class RangeIndex {
     }
   }
 
-  owner(id: number): IdOwner | undefined {
+  owner(id: number): IndexedOwner | undefined {
     let lo = 0;
     let hi = this.entries.length;
     while (lo < hi) {
@@ -67,7 +84,7 @@ class RangeIndex {
     }
     if (!best) return undefined;
     const result = ownsId([best.range], id);
-    return result.kind === 'not-owned' ? undefined : { machine: best.machine, inner: result.inner };
+    return result.kind === 'not-owned' ? undefined : { name: best.name, inner: result.inner };
   }
 }
 
@@ -100,12 +117,18 @@ export class MachineTable implements RegistryView {
 
   ownerOfUid(uid: number): IdOwner | undefined {
     this.uidIndex ??= new RangeIndex(this.ordered, (m) => m.uidMap);
-    return this.uidIndex.owner(uid);
+    return this.current(this.uidIndex.owner(uid));
   }
 
   ownerOfGid(gid: number): IdOwner | undefined {
     this.gidIndex ??= new RangeIndex(this.ordered, (m) => m.gidMap);
-    return this.gidIndex.owner(gid);
+    return this.current(this.gidIndex.owner(gid));
+  }
+
+  /** The machine's record now: an index outlives updates that keep the maps. */
+  private current(found: IndexedOwner | undefined): IdOwner | undefined {
+    const machine = found && this.machines.get(found.name);
+    return machine && { machine, inner: found.inner };
   }
 
   onChange(listener: (change: ViewChange) => void): () => void {
