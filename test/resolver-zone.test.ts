@@ -198,7 +198,7 @@ test('a record compiled once is prepared once: unchanged machines keep their ser
 test("an address repeated in a machine's list is served once, in short lists (a scan) and long ones (a set)", (t) => {
   const v4 = (i: number): string => `198.51.${100 + (i >> 8)}.${i & 255}`;
   const v6 = (i: number): string => `fd42::${i.toString(16)}`;
-  // each list has every address twice: up to SCAN_ADDRESSES entries a scan, beyond a set
+  // lists of 2 × count entries: up to SCAN_ADDRESSES a scan, beyond a set
   for (const count of [3, SCAN_ADDRESSES / 2, SCAN_ADDRESSES / 2 + 1, 300]) {
     // every address twice, the second time after all the others; IPv4 and IPv6 interleaved
     const once = Array.from({ length: count }, (_, i) => (i % 2 === 0 ? v4(i + 1) : v6(i + 1)));
